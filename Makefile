@@ -1,0 +1,52 @@
+# caffe_attacks — every user-facing command is a target here.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := build-essential patchelf libboost-system-dev libboost-thread-dev \
+	libboost-filesystem-dev libboost-python-dev libboost-regex-dev \
+	libprotobuf-dev protobuf-compiler libgoogle-glog-dev libgflags-dev \
+	libhdf5-dev libopenblas-dev
+PYTEST_ARGS ?=
+
+.PHONY: setup apt venv caffe test test-all clean-caffe clean
+
+## setup: Debian packages, .venv, and a cached pycaffe build (idempotent)
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: requirements.txt setup.py scripts/build_caffe.sh
+	@$(MAKE) --no-print-directory apt venv caffe
+	@touch $@
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "[setup] installing Debian packages: $$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "[setup] need root for apt-get (or install: $$missing)"; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+venv:
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	@$(PY) -m pip install --quiet -r requirements.txt
+	@$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+
+caffe:
+	@scripts/build_caffe.sh $(PY)
+
+## test: set up when needed, then the suite (slow tests excluded; see test-all)
+test: setup
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+
+## test-all: the whole suite, slow tests included
+test-all: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+## clean-caffe: drop the cached Caffe build (the next setup rebuilds it)
+clean-caffe:
+	rm -rf $${CAFFE_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/caffe_attacks}
+	rm -f $(VENV)/.setup-done
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,22 @@
+"""``python -m caffe_attacks --version``."""
+import argparse
+import sys
+
+from caffe_attacks import __version__
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="caffe_attacks",
+        description="Caffe-faithful adversarial attacks on segmentation models. "
+                    "Commands: python -m caffe_attacks.run, "
+                    "python -m caffe_attacks.zoo, python -m caffe_attacks.weights.")
+    parser.add_argument("--version", action="version",
+                        version="caffe_attacks %s" % __version__)
+    parser.parse_args(argv)
+    parser.print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
