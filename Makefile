@@ -50,3 +50,23 @@ clean-caffe:
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# --- Commands backed by the package's CLIs (each module owns its logic) ---
+WEIGHTS_DIR ?= weights
+NAMES ?=
+.PHONY: prototxt verify-weights fetch-weights zoo
+## prototxt: regenerate prototxt/*.prototxt from the zoo generators
+prototxt: setup
+	$(PY) -m caffe_attacks.zoo write prototxt
+
+## zoo: list the model zoo
+zoo: setup
+	$(PY) -m caffe_attacks.zoo list
+
+## verify-weights: md5 of every caffemodel in WEIGHTS_DIR against the manifest
+verify-weights: setup
+	$(PY) -m caffe_attacks.weights verify --dir $(WEIGHTS_DIR)
+
+## fetch-weights: download public caffemodels (NAMES="a b" for a subset)
+fetch-weights: setup
+	$(PY) -m caffe_attacks.weights fetch --dir $(WEIGHTS_DIR) $(NAMES)
