@@ -1,0 +1,202 @@
+"""``Interp``: bilinear resizing of PSPNet, ICNet and DeepLab v2 (ZOO.md §1.1).
+
+The original (identical in hszhao/PSPNet and deeplab-public-ver2) first crops
+the input by ``-pad_beg`` / ``-pad_end`` (pads are <= 0), then resizes with
+align_corners=True bilinear weights computed in float32.  Bilinear resizing is
+separable, so forward applies a 2-tap 1-D interpolation along W, then along H;
+backward is its exact transpose (every tap's weight sent back to its source).
+
+param_str keys (JSON; presence matters, as ``has_*`` does in the original):
+``zoom_factor``, ``shrink_factor``, ``height``, ``width`` (ints >= 1) and
+``pad_beg``, ``pad_end`` (ints <= 0, default 0).
+"""
+import numpy as np
+
+from caffe_attacks.layers._params import parse_param_str
+
+try:
+    import caffe
+    _Layer = caffe.Layer
+except ImportError:  # the numpy functions below stay usable without pycaffe
+    _Layer = object
+
+PARAM_KEYS = {"zoom_factor": int, "shrink_factor": int, "height": int, "width": int,
+              "pad_beg": int, "pad_end": int}
+
+
+def check_interp_params(params):
+    """Raise ValueError where the original would CHECK-fail at set-up.
+
+    params : dict of the present keys, as parse_param_str returns them
+    """
+    for key in ("pad_beg", "pad_end"):
+        if params.get(key, 0) > 0:
+            raise ValueError("Interp %s must be <= 0 (only cropping is supported), got %d"
+                             % (key, params[key]))
+    for key in ("zoom_factor", "shrink_factor", "height", "width"):
+        if key in params and params[key] < 1:
+            raise ValueError("Interp %s must be >= 1, got %d" % (key, params[key]))
+    has = set(params)
+    if not ({"shrink_factor", "zoom_factor"} & has or {"height", "width"} <= has):
+        raise ValueError("Interp needs shrink_factor and/or zoom_factor, or both height and "
+                         "width; got keys %s" % sorted(has))
+
+
+def interp_output_size(h_in, w_in, params):
+    """Effective (cropped) input size and output size, by the original's rules.
+
+    Parameters
+    ----------
+    h_in, w_in : int, bottom height and width
+    params : dict of the present param_str keys (see check_interp_params)
+
+    Returns
+    -------
+    (h_eff, w_eff, h_out, w_out) : ints; h_eff = h_in + pad_beg + pad_end
+    """
+    check_interp_params(params)
+    pad = params.get("pad_beg", 0) + params.get("pad_end", 0)
+    h_eff, w_eff = h_in + pad, w_in + pad
+    if h_eff < 1 or w_eff < 1:
+        raise ValueError("Interp crops a %dx%d input to nothing (pad_beg + pad_end = %d)"
+                         % (h_in, w_in, pad))
+    shrink, zoom = params.get("shrink_factor"), params.get("zoom_factor")
+    # Same precedence as the original's if/else chain on has_*().
+    if shrink is not None and zoom is None:
+        h_out, w_out = (h_eff - 1) // shrink + 1, (w_eff - 1) // shrink + 1
+    elif zoom is not None and shrink is None:
+        h_out, w_out = h_eff + (h_eff - 1) * (zoom - 1), w_eff + (w_eff - 1) * (zoom - 1)
+    elif "height" in params and "width" in params:
+        h_out, w_out = params["height"], params["width"]
+    else:
+        h_out, w_out = (h_eff - 1) // shrink + 1, (w_eff - 1) // shrink + 1
+        h_out, w_out = h_out + (h_out - 1) * (zoom - 1), w_out + (w_out - 1) * (zoom - 1)
+    return h_eff, w_eff, h_out, w_out
+
+
+def axis_weights(n_src, n_out):
+    """The two taps of 1-D align_corners bilinear resizing, in float32 as the original.
+
+    Parameters
+    ----------
+    n_src, n_out : int, source and output lengths along one axis
+
+    Returns
+    -------
+    i0, i1 : (n_out,) int64 source indices (non-decreasing; i1 = i0 + 1 or i0 at the end)
+    w0, w1 : (n_out,) float32 weights, w0 = 1 - lambda, w1 = lambda
+    """
+    # float32 throughout: the original computes rheight, h1r and lambdas in float.
+    ratio = np.float32(n_src - 1) / np.float32(n_out - 1) if n_out > 1 else np.float32(0)
+    pos = np.float32(ratio) * np.arange(n_out, dtype=np.float32)
+    i0 = pos.astype(np.int64)  # truncation == floor: pos >= 0
+    i1 = i0 + (i0 < n_src - 1)
+    w1 = (pos - i0.astype(np.float32)).astype(np.float32)
+    w0 = (np.float32(1) - w1).astype(np.float32)
+    return i0, i1, w0, w1
+
+
+def _along(axis, ndim, values):
+    """`values` shaped to broadcast along `axis` of an ndim-dimensional array."""
+    shape = [1] * ndim
+    shape[axis] = values.size
+    return values.reshape(shape)
+
+
+def _resize_axis(x, axis, n_out):
+    n_src = x.shape[axis]
+    if n_src == n_out:
+        return x
+    i0, i1, w0, w1 = axis_weights(n_src, n_out)
+    return (_along(axis, x.ndim, w0).astype(x.dtype) * x.take(i0, axis=axis)
+            + _along(axis, x.ndim, w1).astype(x.dtype) * x.take(i1, axis=axis))
+
+
+def _sum_into(values, index, n_src, axis, out):
+    """out[..., index[j], ...] += values[..., j, ...] for a non-decreasing index."""
+    starts = np.flatnonzero(np.diff(index, prepend=-1))
+    sums = np.add.reduceat(values, starts, axis=axis)
+    where = [slice(None)] * values.ndim
+    where[axis] = index[starts]  # unique, so fancy += does not drop repeats
+    out[tuple(where)] += sums
+
+
+def _resize_axis_transpose(g, axis, n_src):
+    n_out = g.shape[axis]
+    if n_src == n_out:
+        return g
+    i0, i1, w0, w1 = axis_weights(n_src, n_out)
+    shape = list(g.shape)
+    shape[axis] = n_src
+    out = np.zeros(shape, dtype=g.dtype)
+    _sum_into(_along(axis, g.ndim, w0).astype(g.dtype) * g, i0, n_src, axis, out)
+    _sum_into(_along(axis, g.ndim, w1).astype(g.dtype) * g, i1, n_src, axis, out)
+    return out
+
+
+def interp_forward(x, out_h, out_w, pad_beg=0, pad_end=0):
+    """Crop, then align_corners=True bilinear resize of the last two axes.
+
+    Parameters
+    ----------
+    x : (..., H, W) float array, e.g. (N, C, H, W)
+    out_h, out_w : int, output size
+    pad_beg, pad_end : int <= 0, the crop (offset -pad_beg, size H + pad_beg + pad_end)
+
+    Returns
+    -------
+    y : (..., out_h, out_w), a new array of x's dtype
+    """
+    h_in, w_in = x.shape[-2:]
+    crop = x[..., -pad_beg:h_in + pad_end, -pad_beg:w_in + pad_end]
+    y = _resize_axis(_resize_axis(crop, x.ndim - 1, out_w), x.ndim - 2, out_h)
+    return np.array(y, dtype=x.dtype, copy=True)
+
+
+def interp_backward(dy, in_h, in_w, pad_beg=0, pad_end=0):
+    """The transpose of interp_forward: dL/dx from dL/dy.
+
+    Parameters
+    ----------
+    dy : (..., out_h, out_w) float array
+    in_h, in_w : int, the forward input's size (before the crop)
+    pad_beg, pad_end : int <= 0, as in forward
+
+    Returns
+    -------
+    dx : (..., in_h, in_w), zero outside the cropped window
+    """
+    h_eff, w_eff = in_h + pad_beg + pad_end, in_w + pad_beg + pad_end
+    g = _resize_axis_transpose(dy, dy.ndim - 2, h_eff)
+    g = _resize_axis_transpose(g, dy.ndim - 1, w_eff)
+    dx = np.zeros(dy.shape[:-2] + (in_h, in_w), dtype=dy.dtype)
+    dx[..., -pad_beg:in_h + pad_end, -pad_beg:in_w + pad_end] = g
+    return dx
+
+
+class Interp(_Layer):
+    """Caffe Python layer: one bottom (N, C, H, W) -> one top (N, C, H_out, W_out)."""
+
+    def setup(self, bottom, top):
+        if len(bottom) != 1 or len(top) != 1:
+            raise ValueError("Interp takes one bottom and one top, got %d and %d"
+                             % (len(bottom), len(top)))
+        self.params = parse_param_str(self.param_str, PARAM_KEYS, "Interp")
+        check_interp_params(self.params)
+        self.pad_beg = self.params.get("pad_beg", 0)
+        self.pad_end = self.params.get("pad_end", 0)
+
+    def reshape(self, bottom, top):
+        n, c, h, w = bottom[0].data.shape
+        _, _, h_out, w_out = interp_output_size(h, w, self.params)
+        self.in_hw, self.out_hw = (h, w), (h_out, w_out)
+        top[0].reshape(n, c, h_out, w_out)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = interp_forward(bottom[0].data, *self.out_hw,
+                                          pad_beg=self.pad_beg, pad_end=self.pad_end)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = interp_backward(top[0].diff, *self.in_hw,
+                                                  pad_beg=self.pad_beg, pad_end=self.pad_end)
