@@ -1,0 +1,280 @@
+"""Permutohedral-lattice Gaussian filtering (Adams, Baek & Davis, Eurographics 2010).
+
+A high-dimensional Gaussian filter ``out_i = sum_j exp(-|f_i - f_j|^2 / 2) v_j``
+is approximated in three linear steps on the permutohedral lattice A*_d:
+
+splat
+    every feature vector, lifted onto the hyperplane ``sum x = 0`` of R^(d+1),
+    falls in one simplex; its value is spread over the d+1 vertices with
+    barycentric weights.
+blur
+    along each of the d+1 lattice directions in turn, every vertex becomes
+    ``v + (v_prev + v_next) / 2`` (kernel [1 2 1] / 2); absent neighbours
+    count as zero.
+slice
+    the blurred vertex values are read back with the same barycentric weights,
+    times ``1 / (1 + 2^-d)``.
+
+The constants (feature scale ``sqrt(2/3) (d+1) / sqrt((i+1)(i+2))``, the
+[1 2 1]/2 blur and the slice factor) are those of the lattice used by
+Kraehenbuehl's DenseCRF and crfasrnn's ``ModifiedPermutohedral``; the
+mean-field layer divides by the filtered ones, so they cancel there except
+against the 1e-20 guard.
+
+Every step is linear, so the filter is a matrix ``K = a S^T B_d ... B_0 S``
+with S the splat matrix and each B_j symmetric (the neighbour relation along
+a direction is symmetric).  Its transpose -- what backward needs -- is the
+same filter with the blur order reversed.
+
+The lattice depends only on the features, so it is built once (hashing done
+with ``np.unique``) and then applied to any number of value arrays; splat and
+slice are sparse matrix products and the blur is a gather per direction.
+numba, when installed, runs the blur loop (several times faster than the
+numpy gathers); results are identical up to float rounding.
+"""
+import logging
+
+import numpy as np
+import scipy.sparse
+
+try:
+    import numba
+except ImportError:  # numba is optional: the numpy blur below is the fallback
+    numba = None
+
+log = logging.getLogger(__name__)
+
+
+def _blur_numpy(values, neighbours, order):
+    """In-place-free blur: ``values`` (M + 1, V), last row zero; returns a new array."""
+    out = values
+    scratch = np.empty_like(values)
+    for j in order:
+        n1, n2 = neighbours[j]
+        np.add(out[n1], out[n2], out=scratch[:-1])
+        scratch[:-1] *= 0.5
+        scratch[:-1] += out[:-1]
+        scratch[-1] = 0
+        if out is values:
+            out = scratch
+            scratch = np.empty_like(values)
+        else:
+            out, scratch = scratch, out
+    return out
+
+
+if numba is not None:
+    @numba.njit(cache=True, nogil=True)
+    def _blur_pass(src, dst, n1, n2):
+        m, v = dst.shape[0] - 1, dst.shape[1]
+        for i in range(m):
+            a, b = n1[i], n2[i]
+            for k in range(v):
+                dst[i, k] = src[i, k] + 0.5 * (src[a, k] + src[b, k])
+        for k in range(v):
+            dst[m, k] = 0.0
+
+    def _blur_numba(values, neighbours, order):
+        src, dst = values, np.empty_like(values)
+        for j in order:
+            n1, n2 = neighbours[j]
+            _blur_pass(src, dst, n1, n2)
+            if src is values:
+                src, dst = dst, np.empty_like(values)
+            else:
+                src, dst = dst, src
+        return src
+
+
+class PermutohedralLattice:
+    """The lattice of one set of features, reusable for many filterings.
+
+    Parameters
+    ----------
+    features : (N, d) array, already divided by the kernel's standard
+        deviations (e.g. ``x / theta``); the filter approximates
+        ``exp(-|f_i - f_j|^2 / 2)``.
+    use_numba : bool or None, run the blur with numba (None: when installed)
+
+    Attributes
+    ----------
+    num_pixels : N
+    dim : d
+    num_points : M, the lattice vertices touched by the features
+    """
+
+    def __init__(self, features, use_numba=None):
+        features = np.asarray(features, dtype=np.float64)
+        if features.ndim != 2 or features.shape[1] < 1:
+            raise ValueError("features must be (N, d) with d >= 1, got %s" % (features.shape,))
+        self.num_pixels, self.dim = features.shape
+        self.use_numba = (numba is not None) if use_numba is None else bool(use_numba)
+        if self.use_numba and numba is None:
+            raise ValueError("use_numba=True but numba is not installed")
+        rem0, rank, bary = _simplex_of(features)
+        vertices = _vertex_keys(rem0, rank)                    # (N, d+1, d)
+        codec = _KeyCodec(vertices.reshape(-1, self.dim))
+        codes = codec.encode(vertices.reshape(-1, self.dim))
+        self._codes, offsets = np.unique(codes, return_inverse=True)
+        self.num_points = self._codes.size
+        offsets = offsets.reshape(self.num_pixels, self.dim + 1)
+        keys = codec.decode(self._codes)                          # (M, d)
+        self._neighbours = [self._neighbours_along(codec, keys, j) for j in range(self.dim + 1)]
+        # Splat matrix (M + 1, N): the extra zero row is the "absent neighbour" slot.
+        rows = offsets.ravel()
+        cols = np.repeat(np.arange(self.num_pixels), self.dim + 1)
+        self._splat = scipy.sparse.csr_matrix(
+            (bary[:, :self.dim + 1].ravel(), (rows, cols)),
+            shape=(self.num_points + 1, self.num_pixels))
+        self._slice = self._splat.T.tocsr() * (1.0 / (1.0 + 2.0 ** -self.dim))
+        self._typed = {}
+        log.debug("lattice: %d pixels, d=%d, %d vertices", self.num_pixels, self.dim, self.num_points)
+
+    def _neighbours_along(self, codec, keys, j):
+        """Indices (into M + 1 rows) of the two neighbours of every vertex along direction j."""
+        d = self.dim
+        ahead = keys - 1
+        behind = keys + 1
+        if j < d:  # direction j adds d to coordinate j and -1 to the others (d+1 coords in all)
+            ahead[:, j] = keys[:, j] + d
+            behind[:, j] = keys[:, j] - d
+        return self._lookup(codec, ahead), self._lookup(codec, behind)
+
+    def _lookup(self, codec, keys):
+        inside = codec.contains(keys)
+        codes = codec.encode(np.where(inside[:, None], keys, codec.low))
+        pos = np.searchsorted(self._codes, codes)
+        pos = np.minimum(pos, self.num_points - 1)
+        found = inside & (self._codes[pos] == codes)
+        return np.where(found, pos, self.num_points).astype(np.int32 if self.num_points < 2**31 else np.int64)
+
+    def _matrices(self, dtype):
+        if dtype not in self._typed:
+            self._typed[dtype] = (self._splat.astype(dtype), self._slice.astype(dtype))
+        return self._typed[dtype]
+
+    def filter(self, values, transpose=False):
+        """Gaussian-filter ``values`` over the features' space.
+
+        Parameters
+        ----------
+        values : (N, V) or (N,) float32/float64 array
+        transpose : bool, apply the transpose of the filter (blur order
+            d..0 instead of 0..d), as backward needs
+
+        Returns
+        -------
+        (N, V) or (N,) array of values' dtype
+        """
+        values = np.asarray(values)
+        if values.dtype not in (np.float32, np.float64):
+            values = values.astype(np.float64)
+        flat = values.reshape(self.num_pixels, -1)
+        splat, slice_ = self._matrices(values.dtype)
+        lattice_values = np.ascontiguousarray(splat @ flat)       # (M + 1, V), last row 0
+        order = range(self.dim, -1, -1) if transpose else range(self.dim + 1)
+        blur = _blur_numba if self.use_numba else _blur_numpy
+        blurred = blur(lattice_values, self._neighbours, order)
+        out = slice_ @ blurred
+        return out.reshape(values.shape).astype(values.dtype, copy=False)
+
+
+def _simplex_of(features):
+    """Enclosing simplex of every feature vector on A*_d.
+
+    Returns
+    -------
+    rem0 : (N, d+1) int64, the remainder-0 vertex (coordinates multiples of d+1)
+    rank : (N, d+1) int64, rank of each coordinate of the offset from rem0
+    bary : (N, d+2) float64, barycentric weights (column r for the vertex of remainder r)
+    """
+    n, d = features.shape
+    # Elevation onto sum x = 0, with the scale that makes the blur match a unit Gaussian.
+    inv_std = np.sqrt(2.0 / 3.0) * (d + 1)
+    scale = inv_std / np.sqrt((np.arange(d) + 1.0) * (np.arange(d) + 2.0))
+    cf = features * scale
+    suffix = np.cumsum(cf[:, ::-1], axis=1)[:, ::-1]             # suffix[:, j] = sum_{k>=j} cf_k
+    elevated = np.empty((n, d + 1))
+    elevated[:, 0] = suffix[:, 0]
+    j = np.arange(1, d + 1)
+    elevated[:, 1:] = np.concatenate([suffix[:, 1:], np.zeros((n, 1))], axis=1) - j * cf
+
+    # Nearest point with all coordinates multiples of d+1 (ties go down, as the original).
+    v = elevated / (d + 1)
+    up = np.ceil(v) * (d + 1)
+    down = np.floor(v) * (d + 1)
+    rem0 = np.where(up - elevated < elevated - down, up, down).astype(np.int64)
+    excess = rem0.sum(axis=1) // (d + 1)
+
+    # Rank of each residual, largest first; ties ordered by index (earlier one ranks lower).
+    res = elevated - rem0
+    rank = np.zeros((n, d + 1), dtype=np.int64)
+    for a in range(d + 1):
+        for b in range(a + 1, d + 1):
+            a_less = res[:, a] < res[:, b]
+            rank[:, a] += a_less
+            rank[:, b] += ~a_less
+
+    # Fold the point back onto the remainder-0 hyperplane sum rem0 = 0.
+    ex = excess[:, None]
+    pos = ex > 0
+    down_shift = pos & (rank >= d + 1 - ex)
+    neg = ex < 0
+    up_shift = neg & (rank < -ex)
+    rem0 = rem0 - (d + 1) * down_shift + (d + 1) * up_shift
+    rank = rank + ex - (d + 1) * down_shift + (d + 1) * up_shift
+
+    # Barycentric coordinates from the sorted residuals.
+    bary = np.zeros((n, d + 2))
+    rows = np.arange(n)
+    delta = (elevated - rem0) / (d + 1)
+    for i in range(d + 1):
+        bary[rows, d - rank[:, i]] += delta[:, i]
+        bary[rows, d + 1 - rank[:, i]] -= delta[:, i]
+    bary[:, 0] += 1.0 + bary[:, d + 1]
+    return rem0, rank, bary
+
+
+def _vertex_keys(rem0, rank):
+    """First d coordinates of the d+1 simplex vertices: (N, d+1, d) int64.
+
+    The vertex of remainder r is rem0 + the canonical simplex point r, whose
+    coordinate k is r where rank_k <= d - r and r - (d+1) otherwise.
+    """
+    n, d1 = rem0.shape
+    d = d1 - 1
+    r = np.arange(d1)[None, :, None]                              # (1, d+1, 1)
+    rk = rank[:, None, :d]                                        # (N, 1, d)
+    canonical = np.where(rk <= d - r, r, r - d1)
+    return rem0[:, None, :d] + canonical
+
+
+class _KeyCodec:
+    """Packs integer lattice keys (first d coordinates) into one int64 by mixed radix."""
+
+    def __init__(self, keys):
+        # One unit of margin each side so that every neighbour of a vertex is encodable.
+        self.low = keys.min(axis=0) - keys.shape[1] - 1
+        self.high = keys.max(axis=0) + keys.shape[1] + 1
+        span = [int(s) for s in self.high - self.low + 1]
+        radix, total = [], 1
+        for s in reversed(span):  # exact Python ints: no silent overflow
+            radix.append(total)
+            total *= s
+        if total >= 2**62:
+            raise ValueError("lattice keys span too large to pack into int64 (%d); "
+                             "features are too spread for their scale" % total)
+        self.radix = np.array(radix[::-1], dtype=np.int64)
+
+    def contains(self, keys):
+        return np.all((keys >= self.low) & (keys <= self.high), axis=1)
+
+    def encode(self, keys):
+        return ((keys - self.low) * self.radix).sum(axis=1)
+
+    def decode(self, codes):
+        out = np.empty((codes.size, self.radix.size), dtype=np.int64)
+        rest = codes.copy()
+        for k, r in enumerate(self.radix):
+            out[:, k], rest = np.divmod(rest, r)
+        return out + self.low

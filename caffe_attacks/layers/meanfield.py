@@ -1,0 +1,327 @@
+"""``MultiStageMeanfield``: CRF-RNN's mean-field inference as a Caffe Python layer.
+
+Semantics of crfasrnn's Caffe layer (torrvision/caffe, ZOO.md §1.5,
+ATTACKS.md §4).  Bottoms [unary U, Q0, data] of shapes (N, C, H, W),
+(N, C, H, W), (N, 3, H, W); top (N, C, H, W).  For t = 1..T::
+
+    Q_t   = softmax_c(prev_{t-1})            prev_0 = Q0
+    S_t   = norm_s * K_s Q_t                 features (x, y) / theta_gamma
+    B_t   = norm_b * K_b Q_t                 features (x, y) / theta_alpha, data[0:3] / theta_beta
+    out_t = U - mu (W_s S_t + W_b B_t)       (C x C matrices acting on the class axis)
+    prev_t = out_t
+
+The top is out_T (not softmax-normalised).  K are permutohedral-lattice
+Gaussian filters (caffe_attacks.lattice), self-contribution included, and
+``norm = 1 / (K 1 + 1e-20)``.  Backward runs every iteration in reverse and
+gives gradients to U, Q0 and the three blobs; none flows into ``data`` (the
+original treats the bilateral features as constants).
+
+Blobs (added in ``setup``, each 1x1xCxC as the public model, so that
+``Net.copy_from`` fills them for a layer named ``inference1``):
+[0] W_s spatial-kernel weights, init spatial_filter_weight * I;
+[1] W_b bilateral-kernel weights, init bilateral_filter_weight * I;
+[2] mu compatibility, init -I ("potts").
+
+param_str keys (JSON): num_iterations, theta_alpha, theta_beta, theta_gamma,
+spatial_filter_weight, bilateral_filter_weight, compatibility ("potts").
+Unlike the original, which builds the spatial lattice once in LayerSetUp and
+so fixes the input size, any H, W work here (lattices are cached per size).
+"""
+import json
+import logging
+
+import numpy as np
+
+from caffe_attacks.lattice import PermutohedralLattice
+from caffe_attacks.layers._params import parse_param_str
+
+try:
+    import caffe
+    _Layer = caffe.Layer
+except ImportError:  # the numpy inference below stays usable without pycaffe
+    _Layer = object
+
+log = logging.getLogger(__name__)
+
+PARAM_KEYS = {"num_iterations": int, "theta_alpha": float, "theta_beta": float,
+              "theta_gamma": float, "spatial_filter_weight": float,
+              "bilateral_filter_weight": float}
+
+# The values of the public CRF-RNN VOC deploy (layer inference1).
+DEFAULTS = {"num_iterations": 10, "theta_alpha": 160.0, "theta_beta": 3.0, "theta_gamma": 3.0,
+            "spatial_filter_weight": 3.0, "bilateral_filter_weight": 5.0,
+            "compatibility": "potts"}
+
+COMPATIBILITY_MODES = ("potts",)
+
+# The guard of the original's normalisation 1 / (K 1 + 1e-20).
+NORM_EPS = 1e-20
+
+
+def parse_meanfield_params(param_str):
+    """Layer parameters from JSON ``param_str``, defaults filled in.
+
+    Returns
+    -------
+    dict with every key of DEFAULTS
+
+    Raises
+    ------
+    ValueError on unknown keys, wrong types or values out of range
+    """
+    text = (param_str or "").strip()
+    raw = json.loads(text) if text else {}
+    if not isinstance(raw, dict):
+        raise ValueError("MultiStageMeanfield param_str must be a JSON object, got %r" % param_str)
+    compatibility = raw.pop("compatibility", DEFAULTS["compatibility"])
+    if compatibility not in COMPATIBILITY_MODES:
+        raise ValueError("MultiStageMeanfield compatibility must be one of %s, got %r"
+                         % (COMPATIBILITY_MODES, compatibility))
+    params = dict(DEFAULTS)
+    params.update(parse_param_str(json.dumps(raw), PARAM_KEYS, "MultiStageMeanfield"))
+    params["compatibility"] = compatibility
+    if params["num_iterations"] < 1:
+        raise ValueError("num_iterations must be >= 1, got %d" % params["num_iterations"])
+    for key in ("theta_alpha", "theta_beta", "theta_gamma"):
+        if not params[key] > 0:
+            raise ValueError("%s must be > 0, got %r" % (key, params[key]))
+    return params
+
+
+def initial_blobs(num_classes, params):
+    """The three blobs as the original initialises them (before copy_from).
+
+    Returns
+    -------
+    list of three (1, 1, C, C) float32 arrays: W_s, W_b, mu
+    """
+    eye = np.eye(num_classes, dtype=np.float32)[None, None]
+    if params["compatibility"] != "potts":
+        raise ValueError("unsupported compatibility %r" % params["compatibility"])
+    return [params["spatial_filter_weight"] * eye,
+            params["bilateral_filter_weight"] * eye,
+            -eye]
+
+
+def spatial_features(height, width, theta_gamma):
+    """(H*W, 2) float32 features (x, y) / theta_gamma, pixel p = y * W + x."""
+    y, x = np.mgrid[:height, :width].astype(np.float32)
+    return np.stack([x.ravel(), y.ravel()], axis=1) / np.float32(theta_gamma)
+
+
+def bilateral_features(image, theta_alpha, theta_beta):
+    """(H*W, 5) float32 features (x, y) / theta_alpha, image channels / theta_beta.
+
+    image : (3, H, W), the ``data`` blob of one image (mean-subtracted BGR)
+    """
+    _, height, width = image.shape
+    xy = spatial_features(height, width, theta_alpha)
+    colour = image.reshape(3, -1).T.astype(np.float32) / np.float32(theta_beta)
+    return np.concatenate([xy, colour], axis=1)
+
+
+class NormalisedFilter:
+    """A lattice Gaussian filter with crfasrnn's normalisation, per dtype.
+
+    ``apply(v) = norm * K v`` and ``apply_transpose(g) = K^T (norm * g)``
+    with ``norm = 1 / (K 1 + 1e-20)``.
+    """
+
+    def __init__(self, features):
+        self.lattice = PermutohedralLattice(features)
+        self._norms = {}
+
+    def norm(self, dtype):
+        if dtype not in self._norms:
+            ones = np.ones(self.lattice.num_pixels, dtype=dtype)
+            self._norms[dtype] = (1.0 / (self.lattice.filter(ones) + NORM_EPS)).astype(dtype)[:, None]
+        return self._norms[dtype]
+
+    def apply(self, values):
+        return self.lattice.filter(values) * self.norm(values.dtype)
+
+    def apply_transpose(self, grad):
+        return self.lattice.filter(grad * self.norm(grad.dtype), transpose=True)
+
+
+def softmax_rows(x):
+    """Softmax over the last axis of (P, C)."""
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    e /= e.sum(axis=1, keepdims=True)
+    return e
+
+
+class MeanfieldInference:
+    """Mean-field forward and backward for a batch, independent of Caffe.
+
+    Parameters
+    ----------
+    params : dict as parse_meanfield_params returns
+
+    Lattices are cached: the spatial one per (H, W); the bilateral one per
+    image, rebuilt only when that image's data change.
+    """
+
+    def __init__(self, params):
+        self.params = dict(params)
+        self._spatial = {}
+        self._bilateral = {}   # batch index -> (image copy, filter)
+        self._tape = None
+
+    def spatial_filter(self, height, width):
+        key = (height, width)
+        if key not in self._spatial:
+            self._spatial = {key: NormalisedFilter(
+                spatial_features(height, width, self.params["theta_gamma"]))}
+        return self._spatial[key]
+
+    def bilateral_filter(self, n, image):
+        cached = self._bilateral.get(n)
+        if cached is None or cached[0].shape != image.shape or not np.array_equal(cached[0], image):
+            filt = NormalisedFilter(
+                bilateral_features(image, self.params["theta_alpha"], self.params["theta_beta"]))
+            cached = (np.array(image, copy=True), filt)
+            self._bilateral[n] = cached
+        return cached[1]
+
+    def forward(self, unary, q0, image, blobs):
+        """Run num_iterations of mean-field; keep what backward needs.
+
+        Parameters
+        ----------
+        unary, q0 : (N, C, H, W) float32 or float64
+        image : (N, 3, H, W), the data blob (bilateral features)
+        blobs : [W_s, W_b, mu], each (C, C) or (1, 1, C, C)
+
+        Returns
+        -------
+        (N, C, H, W) array of unary's dtype, out_T
+        """
+        unary = np.asarray(unary)
+        q0 = np.asarray(q0, dtype=unary.dtype)
+        num, channels, height, width = unary.shape
+        if q0.shape != unary.shape:
+            raise ValueError("Q0 shape %s differs from unary shape %s" % (q0.shape, unary.shape))
+        if image.shape != (num, 3, height, width):
+            raise ValueError("data must be (%d, 3, %d, %d), got %s"
+                             % (num, height, width, image.shape))
+        ws, wb, mu = (np.asarray(b, dtype=unary.dtype).reshape(channels, channels) for b in blobs)
+        spatial = self.spatial_filter(height, width)
+        out = np.empty_like(unary)
+        tape = []
+        for n in range(num):
+            bilateral = self.bilateral_filter(n, np.asarray(image[n]))
+            u = unary[n].reshape(channels, -1).T
+            prev = q0[n].reshape(channels, -1).T
+            steps = []
+            for _ in range(self.params["num_iterations"]):
+                q = softmax_rows(prev)
+                s = spatial.apply(q)
+                b = bilateral.apply(q)
+                prev = u - (s @ ws.T + b @ wb.T) @ mu.T
+                steps.append((q, s, b))
+            out[n] = prev.T.reshape(channels, height, width)
+            tape.append((spatial, bilateral, steps))
+        self._tape = (tape, (ws, wb, mu), unary.shape)
+        return out
+
+    def backward(self, top_diff):
+        """Gradients of the last forward, given dL/dout.
+
+        Returns
+        -------
+        d_unary, d_q0 : (N, C, H, W)
+        d_blobs : [dW_s, dW_b, dmu], each (C, C)
+        """
+        if self._tape is None:
+            raise RuntimeError("backward before forward")
+        tape, (ws, wb, mu), shape = self._tape
+        num, channels, height, width = shape
+        top_diff = np.asarray(top_diff, dtype=ws.dtype)
+        d_unary = np.zeros(shape, dtype=ws.dtype)
+        d_q0 = np.zeros(shape, dtype=ws.dtype)
+        d_ws, d_wb, d_mu = (np.zeros_like(ws) for _ in range(3))
+        for n, (spatial, bilateral, steps) in enumerate(tape):
+            g = top_diff[n].reshape(channels, -1).T
+            du = np.zeros_like(g)
+            for q, s, b in reversed(steps):
+                du += g                                   # out_t = U - mu M_t
+                d_pairwise = -g
+                d_mu += d_pairwise.T @ (s @ ws.T + b @ wb.T)
+                d_msg = d_pairwise @ mu
+                d_ws += d_msg.T @ s
+                d_wb += d_msg.T @ b
+                dq = (spatial.apply_transpose(d_msg @ ws)
+                      + bilateral.apply_transpose(d_msg @ wb))
+                g = q * (dq - (dq * q).sum(axis=1, keepdims=True))   # softmax backward
+            d_unary[n] = du.T.reshape(channels, height, width)
+            d_q0[n] = g.T.reshape(channels, height, width)
+        return d_unary, d_q0, [d_ws, d_wb, d_mu]
+
+
+def deeplab_crf_layer(num_classes=21):
+    """The DenseCRF of DeepLab v2 (ResNet-101 release) as MultiStageMeanfield settings.
+
+    DeepLab's post-processing (bi_w 4, bi_xy_std 67, bi_rgb_std 3, pos_w 3,
+    pos_xy_std 1, 10 iterations, Potts) expressed in CRF-RNN terms, for
+    appending the layer to a DeepLab v2 net (supplementary A5.3):
+    theta_alpha = bi_xy_std, theta_beta = bi_rgb_std, theta_gamma =
+    pos_xy_std, W_b = bi_w * I, W_s = pos_w * I, mu = -I.  The blobs equal
+    the layer's own initialisation, so a net whose caffemodel has no blobs
+    for this layer needs nothing copied (name the layer anything but
+    ``inference1`` if a CRF-RNN caffemodel is loaded into the same net).
+
+    Bottoms to wire: [unary = the upsampled logits at data's H x W, Q0 = the
+    same logits (Split), data]; see docs/FIDELITY.md for how this differs
+    from DeepLab's own DenseCRF (its normalisation is symmetric).
+
+    Returns
+    -------
+    dict with "param_str" (JSON text), "params" (dict) and "blobs" (three
+    (1, 1, C, C) float32 arrays: W_s, W_b, mu)
+    """
+    params = {"num_iterations": 10, "theta_alpha": 67.0, "theta_beta": 3.0,
+              "theta_gamma": 1.0, "spatial_filter_weight": 3.0,
+              "bilateral_filter_weight": 4.0, "compatibility": "potts"}
+    return {"param_str": json.dumps(params, sort_keys=True), "params": params,
+            "blobs": initial_blobs(num_classes, params)}
+
+
+class MultiStageMeanfield(_Layer):
+    """crfasrnn's MultiStageMeanfield as a Caffe Python layer (see module docstring)."""
+
+    def setup(self, bottom, top):
+        if len(bottom) != 3 or len(top) != 1:
+            raise ValueError("MultiStageMeanfield needs bottoms [unary, Q0, data] and one top")
+        self.params = parse_meanfield_params(self.param_str)
+        self.inference = MeanfieldInference(self.params)
+        channels = bottom[0].data.shape[1]
+        if len(self.blobs) == 0:
+            for init in initial_blobs(channels, self.params):
+                self.blobs.add_blob(*init.shape)
+                self.blobs[len(self.blobs) - 1].data[...] = init
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].data.shape
+        if bottom[1].data.shape != shape:
+            raise ValueError("Q0 shape %s differs from unary shape %s"
+                             % (bottom[1].data.shape, shape))
+        if bottom[2].data.shape != (shape[0], 3) + shape[2:]:
+            raise ValueError("data shape %s does not match unary %s"
+                             % (bottom[2].data.shape, shape))
+        top[0].reshape(*shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = self.inference.forward(
+            bottom[0].data, bottom[1].data, bottom[2].data, [b.data for b in self.blobs])
+
+    def backward(self, top, propagate_down, bottom):
+        d_unary, d_q0, d_blobs = self.inference.backward(top[0].diff)
+        if propagate_down[0]:
+            bottom[0].diff[...] = d_unary
+        if propagate_down[1]:
+            bottom[1].diff[...] = d_q0
+        if propagate_down[2]:
+            bottom[2].diff[...] = 0   # as the original: no gradient through the features
+        for blob, grad in zip(self.blobs, d_blobs):
+            blob.diff[...] += grad.reshape(blob.diff.shape)   # Caffe accumulates param diffs
