@@ -109,12 +109,19 @@ CFG
   # Stage a self-contained package: libcaffe beside _caffe.so, RUNPATH $ORIGIN.
   stage="$prefix.tmp"; rm -rf "$stage"; mkdir -p "$stage"
   cp -r "$src/python/caffe" "$stage/caffe"
-  lib=$(readlink -f "$src/build/lib/libcaffe.so")
+  # This fork's Makefile puts libcaffe under .temp_release/lib, BVLC's under build/lib.
+  lib=$(find "$src" -name 'libcaffe.so.*' -type f -path '*/lib/*' | head -n 1)
+  [ -n "$lib" ] || { log "build finished but no libcaffe.so.* was found under $src"; exit 1; }
   cp "$lib" "$stage/caffe/$(basename "$lib")"
   soname=$(objdump -p "$lib" | awk '/SONAME/ {print $2}')
-  [ "$soname" != "$(basename "$lib")" ] && ln -sf "$(basename "$lib")" "$stage/caffe/$soname"
+  if [ -n "$soname" ] && [ "$soname" != "$(basename "$lib")" ]; then
+    ln -sf "$(basename "$lib")" "$stage/caffe/$soname"
+  fi
   patchelf --set-rpath '$ORIGIN' "$stage/caffe/_caffe.so"
   patchelf --set-rpath '$ORIGIN' "$stage/caffe/$(basename "$lib")"
+  # The sdist ships a caffe_pb2.py from an old protoc that today's protobuf
+  # runtime rejects ("duplicate file name"); regenerate it with this protoc.
+  protoc --proto_path="$src/src" --python_out="$stage" "$src/src/caffe/proto/caffe.proto"
   find "$stage/caffe" -name '*.pyc' -delete; rm -rf "$stage/caffe/test"
   echo "$SDIST_NAME==$SDIST_VERSION $flags" > "$stage/caffe/.built-by-caffe_attacks"
   rm -rf "$prefix"; mv "$stage" "$prefix"
