@@ -181,7 +181,7 @@ def resnet101_trunk(n, bottom, dilated=True, suffix="", share=True, width_mult=1
     w = lambda c: channels(c, width_mult)   # noqa: E731
     top = _conv_bn(n, bottom, "conv1", "_conv1", w(64), ks=7, stride=2, pad=3,
                    suffix=suffix, share=share)
-    n["pool1" + suffix] = max_pool(top, ks=3, stride=2)
+    n["pool1" + suffix] = max_pool(top, ks=3, stride=2, pad=1)
     top = n["pool1" + suffix]
     outputs = {}
     for stage, blocks, mid, out in RESNET101_STAGES:

@@ -174,27 +174,38 @@ def python_layer(module, cls, params, bottoms, ntop=1, **kwargs):
     return L.Python(*bottoms, python_param=pp, ntop=ntop, **kwargs)
 
 
-def interp(bottom, **params):
+def _layer_kwargs(name, in_place):
+    kwargs = {}
+    if name is not None:
+        kwargs["name"] = name
+    if in_place:
+        kwargs["in_place"] = True
+    return kwargs
+
+
+def interp(bottom, name=None, **params):
     """PSPNet/DeepLab ``Interp`` (keys: zoom_factor, shrink_factor, height, width,
     pad_beg, pad_end; only the given ones are written)."""
-    return python_layer(INTERP_MODULE, "Interp", params, [bottom])
+    return python_layer(INTERP_MODULE, "Interp", params, [bottom], **_layer_kwargs(name, False))
 
 
-def psp_bn(bottom, **params):
+def psp_bn(bottom, name=None, in_place=False, **params):
     """PSPNet/ICNet 4-blob ``BN`` (slope, bias, mean, var; ``eps`` default 1e-5)."""
-    return python_layer(BN_MODULE, "PSPBN", params, [bottom])
+    return python_layer(BN_MODULE, "PSPBN", params, [bottom], **_layer_kwargs(name, in_place))
 
 
-def scale_shift_bn(bottom, **kwargs):
+def scale_shift_bn(bottom, name=None, in_place=False):
     """SegNet/ENet 2-blob ``BN`` in INFERENCE mode (``y = scale * x + shift``)."""
-    return python_layer(BN_MODULE, "ScaleShiftBN", {}, [bottom], **kwargs)
+    return python_layer(BN_MODULE, "ScaleShiftBN", {}, [bottom], **_layer_kwargs(name, in_place))
 
 
-def upsample(bottom, mask, **params):
+def upsample(bottom, mask, name=None, **params):
     """SegNet/ENet max-unpooling ``Upsample`` (keys: scale, upsample_h, upsample_w)."""
-    return python_layer(UPSAMPLE_MODULE, "Upsample", params, [bottom, mask])
+    return python_layer(UPSAMPLE_MODULE, "Upsample", params, [bottom, mask],
+                        **_layer_kwargs(name, False))
 
 
-def meanfield(unary, q0, image, **params):
+def meanfield(unary, q0, image, name=None, **params):
     """CRF-RNN ``MultiStageMeanfield`` over (unary, Q0, image)."""
-    return python_layer(MEANFIELD_MODULE, "MultiStageMeanfield", params, [unary, q0, image])
+    return python_layer(MEANFIELD_MODULE, "MultiStageMeanfield", params, [unary, q0, image],
+                        **_layer_kwargs(name, False))
