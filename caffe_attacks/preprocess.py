@@ -99,6 +99,13 @@ def _resize_hwc(image, hw):
     return cv2.resize(image, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
 
 
+def _default_align(pad_mode):
+    # Caffe's Interp (DeepLab, PSPNet) aligns corners; the dilation nets (the
+    # reflect-101 ones) zoom by the stride in interp_map. For DeepLab's
+    # 65 -> 513 the two coincide.
+    return "stride" if pad_mode == "reflect101" else "corners"
+
+
 def _round_half_up(value):
     return int(np.floor(value + 0.5))
 
@@ -162,10 +169,7 @@ class Protocol:
         if mode not in SCORE_MODES:
             raise ValueError(f"scores_to_labels must be one of {SCORE_MODES}, got {mode!r}")
         kwargs["scores_to_labels"] = mode
-        # Caffe Interp (DeepLab, PSPNet) aligns corners; the dilation nets'
-        # interp_map zooms by the stride; both agree for 65 -> 513.
-        default_align = "stride" if kwargs.get("pad_mode") == "reflect101" else "corners"
-        align = d.get("score_align", default_align)
+        align = d.get("score_align", _default_align(kwargs.get("pad_mode")))
         if align not in ALIGNS:
             raise ValueError(f"score_align must be one of {ALIGNS}, got {align!r}")
         kwargs["score_align"] = align
@@ -187,9 +191,11 @@ class Protocol:
             pad = {"mode": "reflect101", "margin": self.margin}
             if self.canvas is not None:
                 pad["canvas"] = list(self.canvas)
-        return {"mean_bgr": list(self.mean_bgr) if self.mean_bgr else None, "resize": resize,
-                "pad": pad, "scores_to_labels": self.scores_to_labels,
-                "score_align": self.score_align}
+        d = {"mean_bgr": list(self.mean_bgr) if self.mean_bgr else None, "resize": resize,
+             "pad": pad, "scores_to_labels": self.scores_to_labels}
+        if self.score_align != _default_align(self.pad_mode):
+            d["score_align"] = self.score_align  # only then, so manifests keep the 4 keys
+        return d
 
     # -- geometry ---------------------------------------------------------
     def placement(self, image_hw):

@@ -43,8 +43,8 @@ def require_file(path, what):
 
 
 def _check_complete(path, data):
-    # libjpeg decodes a truncated JPEG into a grey-filled image with only a
-    # warning on stderr, so truncation must be caught from the bytes. The
+    # Some libjpeg builds decode a truncated JPEG into a grey-filled image with
+    # only a warning on stderr, so truncation is caught from the bytes. The
     # end-of-image marker cannot occur inside entropy-coded data (0xFF bytes are
     # stuffed there), so its absence near the end means the file was cut.
     if data[:2] == b"\xff\xd8":

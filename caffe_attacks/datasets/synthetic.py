@@ -132,7 +132,7 @@ def _background(rng, hw, base=None, contrast=30.0):
         base = grey + rng.uniform(-15, 15, size=3)  # a tint, never a saturated colour
     coarse = rng.normal(0, 1, size=(max(h // 16, 2), max(w // 16, 2), 1)).astype(np.float32)
     blotches = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)[..., None]
-    grain = rng.normal(0, 6, size=(h, w, 3))
+    grain = rng.normal(0, 4, size=(h, w, 3))
     return np.asarray(base, np.float64) + contrast * 0.5 * blotches + grain
 
 
@@ -185,7 +185,7 @@ def render_voc(seed, index, size=(128, 96), num_classes=5, void_width=2, max_obj
         mask = _shape_mask(cls.shape, (h, w), cy, cx, r, rng)
         _paint(image, mask, cls, yy, xx, cy, cx, rng)
         label[mask] = class_index
-    image += rng.normal(0, 3, size=image.shape)
+    image += rng.normal(0, 2, size=image.shape)
     return np.clip(np.round(image), 0, 255).astype(np.uint8), _void_boundaries(label, void_width)
 
 
@@ -225,7 +225,7 @@ def render_cityscapes(seed, index, size=(256, 128), max_objects=5):
         mask[ego_start:] = False  # the ego vehicle occludes the scene
         _paint(image, mask, cls, yy, xx, cy, cx, rng)
         label[mask] = CITYSCAPES_BY_NAME[cls.name].label_id
-    image += rng.normal(0, 3, size=image.shape)
+    image += rng.normal(0, 2, size=image.shape)
     return np.clip(np.round(image), 0, 255).astype(np.uint8), label
 
 
