@@ -3,14 +3,18 @@
 The original (identical in hszhao/PSPNet and deeplab-public-ver2) first crops
 the input by ``-pad_beg`` / ``-pad_end`` (pads are <= 0), then resizes with
 align_corners=True bilinear weights computed in float32.  Bilinear resizing is
-separable, so forward applies a 2-tap 1-D interpolation along W, then along H;
-backward is its exact transpose (every tap's weight sent back to its source).
+separable, so forward applies a 2-tap 1-D interpolation along W, then along H,
+each as a sparse matrix; backward applies the transposed matrices, the exact
+adjoint (every tap's weight sent back to its source).
 
 param_str keys (JSON; presence matters, as ``has_*`` does in the original):
 ``zoom_factor``, ``shrink_factor``, ``height``, ``width`` (ints >= 1) and
 ``pad_beg``, ``pad_end`` (ints <= 0, default 0).
 """
+import functools
+
 import numpy as np
+import scipy.sparse
 
 from caffe_attacks.layers._params import parse_param_str
 
@@ -96,42 +100,37 @@ def axis_weights(n_src, n_out):
     return i0, i1, w0, w1
 
 
-def _along(axis, ndim, values):
-    """`values` shaped to broadcast along `axis` of an ndim-dimensional array."""
-    shape = [1] * ndim
-    shape[axis] = values.size
-    return values.reshape(shape)
+@functools.lru_cache(maxsize=64)
+def axis_matrices(n_src, n_out):
+    """The 1-D resize as a sparse (n_out, n_src) float32 matrix, and its transpose.
 
-
-def _resize_axis(x, axis, n_out):
-    n_src = x.shape[axis]
+    Returns (None, None) for n_src == n_out: the original copies, and so do we.
+    """
     if n_src == n_out:
-        return x
+        return None, None
     i0, i1, w0, w1 = axis_weights(n_src, n_out)
-    return (_along(axis, x.ndim, w0).astype(x.dtype) * x.take(i0, axis=axis)
-            + _along(axis, x.ndim, w1).astype(x.dtype) * x.take(i1, axis=axis))
+    rows = np.arange(n_out)
+    forward = scipy.sparse.csr_matrix((np.concatenate([w0, w1]), (np.concatenate([rows, rows]),
+                                       np.concatenate([i0, i1]))), shape=(n_out, n_src))
+    return forward, forward.T.tocsr()
 
 
-def _sum_into(values, index, n_src, axis, out):
-    """out[..., index[j], ...] += values[..., j, ...] for a non-decreasing index."""
-    starts = np.flatnonzero(np.diff(index, prepend=-1))
-    sums = np.add.reduceat(values, starts, axis=axis)
-    where = [slice(None)] * values.ndim
-    where[axis] = index[starts]  # unique, so fancy += does not drop repeats
-    out[tuple(where)] += sums
+def _apply_planes(x, rows, cols):
+    """rows @ plane @ cols.T for every plane of x (..., H, W); None means identity.
 
-
-def _resize_axis_transpose(g, axis, n_src):
-    n_out = g.shape[axis]
-    if n_src == n_out:
-        return g
-    i0, i1, w0, w1 = axis_weights(n_src, n_out)
-    shape = list(g.shape)
-    shape[axis] = n_src
-    out = np.zeros(shape, dtype=g.dtype)
-    _sum_into(_along(axis, g.ndim, w0).astype(g.dtype) * g, i0, n_src, axis, out)
-    _sum_into(_along(axis, g.ndim, w1).astype(g.dtype) * g, i1, n_src, axis, out)
-    return out
+    A sparse product per plane: each output pixel reads two taps per axis, so
+    this is O(output size), unlike dense matrices, and it keeps the original's
+    order of arithmetic (along W first, then along H).
+    """
+    planes = x.reshape((-1,) + x.shape[-2:])
+    out_h = planes.shape[1] if rows is None else rows.shape[0]
+    out_w = planes.shape[2] if cols is None else cols.shape[0]
+    out = np.empty((planes.shape[0], out_h, out_w), dtype=x.dtype)
+    for p, plane in enumerate(planes):
+        if cols is not None:
+            plane = (cols @ plane.T).T
+        out[p] = plane if rows is None else rows @ plane
+    return out.reshape(x.shape[:-2] + (out_h, out_w))
 
 
 def interp_forward(x, out_h, out_w, pad_beg=0, pad_end=0):
@@ -149,8 +148,9 @@ def interp_forward(x, out_h, out_w, pad_beg=0, pad_end=0):
     """
     h_in, w_in = x.shape[-2:]
     crop = x[..., -pad_beg:h_in + pad_end, -pad_beg:w_in + pad_end]
-    y = _resize_axis(_resize_axis(crop, x.ndim - 1, out_w), x.ndim - 2, out_h)
-    return np.array(y, dtype=x.dtype, copy=True)
+    rows, _ = axis_matrices(crop.shape[-2], out_h)
+    cols, _ = axis_matrices(crop.shape[-1], out_w)
+    return _apply_planes(crop, rows, cols)
 
 
 def interp_backward(dy, in_h, in_w, pad_beg=0, pad_end=0):
@@ -167,8 +167,9 @@ def interp_backward(dy, in_h, in_w, pad_beg=0, pad_end=0):
     dx : (..., in_h, in_w), zero outside the cropped window
     """
     h_eff, w_eff = in_h + pad_beg + pad_end, in_w + pad_beg + pad_end
-    g = _resize_axis_transpose(dy, dy.ndim - 2, h_eff)
-    g = _resize_axis_transpose(g, dy.ndim - 1, w_eff)
+    _, rows = axis_matrices(h_eff, dy.shape[-2])
+    _, cols = axis_matrices(w_eff, dy.shape[-1])
+    g = _apply_planes(dy, rows, cols)
     dx = np.zeros(dy.shape[:-2] + (in_h, in_w), dtype=dy.dtype)
     dx[..., -pad_beg:in_h + pad_end, -pad_beg:in_w + pad_end] = g
     return dx
