@@ -343,7 +343,10 @@ class Protocol:
         padded, constant pads with 0 and reflect-101 pads reflecting the
         perturbation (what dst.prepare(image + delta_image) would do, since
         both steps are linear). Perturbation that lies in this canvas's padding
-        is not part of the image and is dropped.
+        is not part of the image and is dropped, except when both protocols
+        and placements are the same: then the canvas is shared and the whole
+        delta carries over unchanged (the multiscale transfer of Tables
+        A15-A18 perturbs one 513x513 canvas fed to every net).
 
         Parameters
         ----------
@@ -357,4 +360,9 @@ class Protocol:
         if tuple(ctx_src.image_hw) != tuple(ctx_dst.image_hw):
             raise ValueError(f"placements are of different images: {ctx_src.image_hw} vs "
                              f"{ctx_dst.image_hw}")
+        if dst_protocol == self and ctx_dst == ctx_src:
+            delta = np.asarray(delta, dtype=np.float32)
+            if delta.shape[-2:] != tuple(ctx_src.canvas_hw):
+                raise ValueError(f"delta {delta.shape} does not match the canvas {ctx_src.canvas_hw}")
+            return delta.reshape((1, 3) + tuple(ctx_src.canvas_hw)).copy()
         return dst_protocol._to_canvas(self._from_canvas(delta, ctx_src), ctx_dst)

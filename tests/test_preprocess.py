@@ -291,6 +291,19 @@ def test_map_delta_equals_perturbing_the_image(src, dst):
     np.testing.assert_allclose(mapped, x_dst_adv - x_dst, atol=2e-3)
 
 
+def test_map_delta_between_equal_canvases_keeps_everything():
+    p = Protocol.from_dict(PROTOCOLS["deeplab_65"])
+    q = Protocol.from_dict(PROTOCOLS["fcn8s_voc"])  # same canvas, different mean
+    image = _image((100, 150))
+    _, ctx = p.prepare(image)
+    delta = np.random.default_rng(10).normal(size=(1, 3, 513, 513)).astype(np.float32)
+    np.testing.assert_array_equal(p.map_delta(delta, ctx, p, ctx), delta)
+    # another protocol: only the image region carries over, the constant pad is 0
+    mapped = p.map_delta(delta, ctx, q, q.prepare(image)[1])
+    np.testing.assert_allclose(mapped[0, :, :100, :150], delta[0, :, :100, :150], atol=1e-6)
+    assert np.all(mapped[0, :, 100:] == 0)
+
+
 def test_map_delta_from_a_resize_protocol_keeps_a_flat_delta():
     p_src, p_dst = Protocol.from_dict(PROTOCOLS["segnet"]), Protocol.from_dict(PROTOCOLS["fcn8s_voc"])
     image = _image((100, 150))
@@ -335,3 +348,5 @@ def test_every_manifest_input_block_parses_and_places_an_image():
         hw = (512, 1024) if entry.get("dataset") == "cityscapes" else (96, 128)
         x, ctx = protocol.prepare(_image(hw))
         assert x.shape[2:] == ctx.canvas_hw, name
+        scores = np.zeros((1, 4) + ctx.output_hw, np.float32)
+        assert protocol.scores_to_label_grid(scores, ctx).shape == (4,) + hw, name
