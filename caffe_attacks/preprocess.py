@@ -363,6 +363,7 @@ class Protocol:
         if dst_protocol == self and ctx_dst == ctx_src:
             delta = np.asarray(delta, dtype=np.float32)
             if delta.shape[-2:] != tuple(ctx_src.canvas_hw):
-                raise ValueError(f"delta {delta.shape} does not match the canvas {ctx_src.canvas_hw}")
+                raise ValueError(f"delta {delta.shape} does not match the canvas "
+                                 f"{ctx_src.canvas_hw}")
             return delta.reshape((1, 3) + tuple(ctx_src.canvas_hw)).copy()
         return dst_protocol._to_canvas(self._from_canvas(delta, ctx_src), ctx_dst)

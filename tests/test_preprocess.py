@@ -305,7 +305,8 @@ def test_map_delta_between_equal_canvases_keeps_everything():
 
 
 def test_map_delta_from_a_resize_protocol_keeps_a_flat_delta():
-    p_src, p_dst = Protocol.from_dict(PROTOCOLS["segnet"]), Protocol.from_dict(PROTOCOLS["fcn8s_voc"])
+    p_src = Protocol.from_dict(PROTOCOLS["segnet"])
+    p_dst = Protocol.from_dict(PROTOCOLS["fcn8s_voc"])
     image = _image((100, 150))
     _, ctx_src = p_src.prepare(image)
     _, ctx_dst = p_dst.prepare(image)

@@ -209,7 +209,8 @@ def render_cityscapes(seed, index, size=(256, 128), max_objects=5):
     ego_start = int(h * rng.uniform(0.88, 0.95))
     bands = ((0, sky_end, "sky", (200, 150, 90)), (sky_end, building_end, "building", (75, 75, 80)),
              (building_end, sidewalk_end, "sidewalk", (190, 120, 200)),
-             (sidewalk_end, ego_start, "road", (110, 80, 110)), (ego_start, h, "ego vehicle", (25, 25, 25)))
+             (sidewalk_end, ego_start, "road", (110, 80, 110)),
+             (ego_start, h, "ego vehicle", (25, 25, 25)))
     image = np.zeros((h, w, 3))
     label = np.zeros((h, w), np.uint8)
     for top, bottom, name, color in bands:
