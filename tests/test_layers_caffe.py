@@ -176,6 +176,8 @@ def test_bn_blobs_filled_by_copy_from(caffe, tmp_path, cls, orig_type, name, leg
     weights = tmp_path / "w.caffemodel"
     _write_caffemodel(caffe, weights, name, orig_type, values, legacy)
     net = make_net(caffe, tmp_path, (1, 4, 2, 3), python_layer(name, cls, ["data"], ["data"]))
+    # checked first: Caffe aborts the process (LOG(FATAL)) on a shape mismatch
+    assert [b.data.shape for b in net.layer_dict[name].blobs] == [v.shape for v in values]
     net.copy_from(str(weights))
     for blob, v in zip(net.layer_dict[name].blobs, values):
         np.testing.assert_array_equal(blob.data, v)
