@@ -144,6 +144,15 @@ def test_clean_iou_transcribed(manifest):
         assert m[model]["clean_iou"][key] == _num(row[col]), (model, key)
 
 
+def test_every_input_block_is_a_preprocess_protocol(manifest):
+    """The other side of the schema: preprocess.Protocol.from_dict reads each block
+    and writes the same block back."""
+    preprocess = pytest.importorskip("caffe_attacks.preprocess")
+    for name, entry in manifest["models"].items():
+        protocol = preprocess.Protocol.from_dict(entry["input"])
+        assert protocol.to_dict() == entry["input"], name
+
+
 def test_known_checksum_facts(manifest):
     m = manifest["models"]
     # ZOO.md §4: the repo/third-party full values explain the paper's 31 digits.
@@ -197,6 +206,10 @@ VALID = [
                                   "pad": {"mode": "reflect101", "margin": 186,
                                           "canvas": [900, 900]},
                                   "scores_to_labels": "resize"})),
+    ("extension keys", base_entry(input={"mean_bgr": None,
+                                         "resize": {"long_side": 500, "shrink_only": True},
+                                         "pad": None, "scores_to_labels": "resize",
+                                         "score_align": "stride"})),
     ("archive", base_entry(urls=["http://x/y.zip"], download_name="y.zip",
                            archive={"format": "zip", "member": "a/m.caffemodel"})),
     ("private", base_entry(public=False, closest_public={"name": "other", "note": "why"})),
@@ -231,6 +244,12 @@ INVALID = [
     ("s2l", base_entry(input=dict(base_entry()["input"], scores_to_labels="nearest")),
      "scores_to_labels"),
     ("input keys", base_entry(input={"mean_bgr": None}), "input keys"),
+    ("score_align", base_entry(input=dict(base_entry()["input"], score_align="edges")),
+     "score_align"),
+    ("shrink_only type", base_entry(input=dict(base_entry()["input"], resize={
+        "long_side": 5, "shrink_only": "yes"})), "resize"),
+    ("shrink_only with size", base_entry(input=dict(base_entry()["input"], resize={
+        "size": [5, 5], "shrink_only": True})), "resize"),
     ("iou range", base_entry(clean_iou={"table": "A1", "voc_val": 143.0}), "percentage"),
     ("iou table", base_entry(clean_iou={"table": "A9", "voc_val": 43.0}), "clean_iou.table"),
     ("a4 missing", base_entry(table_a4_mib=None), "table_a4_mib"),

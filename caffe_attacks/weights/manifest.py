@@ -20,6 +20,7 @@ DATASETS = ("voc", "cityscapes", "synthetic")
 ARCHIVE_FORMATS = ("zip", "tar")
 CLEAN_IOU_TABLES = ("A1", "A2", "A3", None)
 SCORES_TO_LABELS = ("crop", "resize")
+SCORE_ALIGNS = ("corners", "stride", "half_pixel")   # preprocess.py extension key
 
 # key -> (accepted types, required). Types are checked with isinstance, and
 # bool is excluded where a number is meant.
@@ -68,27 +69,36 @@ def _is_hw(value) -> bool:
 
 
 def validate_input_block(block, where: str) -> list:
-    """Problems with one ``"input"`` block (schema of docs/DESIGN.md)."""
+    """Problems with one ``"input"`` block (schema of docs/DESIGN.md).
+
+    Besides the four DESIGN keys, the extension keys that
+    ``preprocess.Protocol.from_dict`` reads are accepted: ``score_align``
+    and ``resize.shrink_only`` (with ``long_side``).
+    """
     problems = []
     keys = {"mean_bgr", "resize", "pad", "scores_to_labels"}
     if not isinstance(block, dict):
         return ["%s: input must be an object" % where]
-    if set(block) != keys:
-        problems.append("%s: input keys %s, expected %s" % (where, sorted(block), sorted(keys)))
+    if not keys <= set(block) <= keys | {"score_align"}:
+        problems.append("%s: input keys %s, expected %s (+ score_align)"
+                        % (where, sorted(block), sorted(keys)))
+    if "score_align" in block and block["score_align"] not in SCORE_ALIGNS:
+        problems.append("%s: score_align must be one of %s" % (where, SCORE_ALIGNS))
     mean = block.get("mean_bgr")
     if mean is not None and not (isinstance(mean, list) and len(mean) == 3
                                  and all(_is_number(v) for v in mean)):
         problems.append("%s: mean_bgr must be null or 3 numbers (B, G, R)" % where)
     resize = block.get("resize")
     if resize is not None:
-        ok = (isinstance(resize, dict) and len(resize) == 1
-              and (("size" in resize and _is_hw(resize["size"]))
-                   or ("long_side" in resize and isinstance(resize["long_side"], int)
-                       and not isinstance(resize["long_side"], bool)
-                       and resize["long_side"] > 0)))
+        ok = isinstance(resize, dict) and (
+            (set(resize) == {"size"} and _is_hw(resize["size"]))
+            or (set(resize) in ({"long_side"}, {"long_side", "shrink_only"})
+                and isinstance(resize["long_side"], int)
+                and not isinstance(resize["long_side"], bool) and resize["long_side"] > 0
+                and isinstance(resize.get("shrink_only", False), bool)))
         if not ok:
-            problems.append('%s: resize must be null, {"size": [W, H]} or {"long_side": n}'
-                            % where)
+            problems.append('%s: resize must be null, {"size": [W, H]} or '
+                            '{"long_side": n[, "shrink_only": bool]}' % where)
     pad = block.get("pad")
     if pad is not None:
         mode = pad.get("mode") if isinstance(pad, dict) else None
