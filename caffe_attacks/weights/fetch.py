@@ -138,6 +138,7 @@ def download(url: str, part: Path, *, attempts: int = 3, timeout: float = 30.0,
         kept so a later call resumes it).
     """
     host = urllib.parse.urlparse(url).netloc
+    attempts, last = max(1, attempts), ""
     for attempt in range(1, attempts + 1):
         try:
             _transfer(url, part, timeout, progress)
