@@ -29,8 +29,8 @@ same filter with the blur order reversed.
 The lattice depends only on the features, so it is built once (hashing done
 with ``np.unique``) and then applied to any number of value arrays; splat and
 slice are sparse matrix products and the blur is a gather per direction.
-numba, when installed, runs the blur loop (several times faster than the
-numpy gathers); results are identical up to float rounding.
+numba, when installed, runs splat, blur and slice as plain loops instead
+(about twice as fast; the same results up to float rounding).
 """
 import logging
 
@@ -65,6 +65,26 @@ def _blur_numpy(values, neighbours, order):
 
 if numba is not None:
     @numba.njit(cache=True, nogil=True)
+    def _splat_numba(values, offsets, weights, num_points):
+        out = np.zeros((num_points + 1, values.shape[1]), dtype=values.dtype)
+        for i in range(values.shape[0]):
+            for r in range(offsets.shape[1]):
+                o, w = offsets[i, r], weights[i, r]
+                for k in range(values.shape[1]):
+                    out[o, k] += w * values[i, k]
+        return out
+
+    @numba.njit(cache=True, nogil=True)
+    def _slice_numba(lattice_values, offsets, weights, scale):
+        out = np.zeros((offsets.shape[0], lattice_values.shape[1]), dtype=lattice_values.dtype)
+        for i in range(offsets.shape[0]):
+            for r in range(offsets.shape[1]):
+                o, w = offsets[i, r], weights[i, r] * scale
+                for k in range(lattice_values.shape[1]):
+                    out[i, k] += w * lattice_values[o, k]
+        return out
+
+    @numba.njit(cache=True, nogil=True)
     def _blur_pass(src, dst, n1, n2):
         m, v = dst.shape[0] - 1, dst.shape[1]
         for i in range(m):
@@ -79,10 +99,7 @@ if numba is not None:
         for j in order:
             n1, n2 = neighbours[j]
             _blur_pass(src, dst, n1, n2)
-            if src is values:
-                src, dst = dst, np.empty_like(values)
-            else:
-                src, dst = dst, src
+            src, dst = dst, src
         return src
 
 
@@ -120,13 +137,10 @@ class PermutohedralLattice:
         offsets = offsets.reshape(self.num_pixels, self.dim + 1)
         keys = codec.decode(self._codes)                          # (M, d)
         self._neighbours = [self._neighbours_along(codec, keys, j) for j in range(self.dim + 1)]
-        # Splat matrix (M + 1, N): the extra zero row is the "absent neighbour" slot.
-        rows = offsets.ravel()
-        cols = np.repeat(np.arange(self.num_pixels), self.dim + 1)
-        self._splat = scipy.sparse.csr_matrix(
-            (bary[:, :self.dim + 1].ravel(), (rows, cols)),
-            shape=(self.num_points + 1, self.num_pixels))
-        self._slice = self._splat.T.tocsr() * (1.0 / (1.0 + 2.0 ** -self.dim))
+        # Row M of the lattice values is the "absent neighbour" slot, always zero.
+        self._offsets = offsets.astype(self._neighbours[0][0].dtype)
+        self._weights = bary[:, :self.dim + 1]
+        self._slice_scale = 1.0 / (1.0 + 2.0 ** -self.dim)
         self._typed = {}
         log.debug("lattice: %d pixels, d=%d, %d vertices", self.num_pixels, self.dim, self.num_points)
 
@@ -148,10 +162,23 @@ class PermutohedralLattice:
         found = inside & (self._codes[pos] == codes)
         return np.where(found, pos, self.num_points).astype(np.int32 if self.num_points < 2**31 else np.int64)
 
-    def _matrices(self, dtype):
+    def _sparse(self, dtype):
+        """Splat (M + 1, N) and slice (N, M + 1) matrices, for the numpy path."""
         if dtype not in self._typed:
-            self._typed[dtype] = (self._splat.astype(dtype), self._slice.astype(dtype))
+            rows = self._offsets.ravel()
+            cols = np.repeat(np.arange(self.num_pixels), self.dim + 1)
+            splat = scipy.sparse.csr_matrix(
+                (self._weights.ravel().astype(dtype), (rows, cols)),
+                shape=(self.num_points + 1, self.num_pixels))
+            slice_ = (splat.T * dtype(self._slice_scale)).tocsr()
+            self._typed[dtype] = (splat, slice_)
         return self._typed[dtype]
+
+    def _weights_as(self, dtype):
+        key = ("weights", dtype)
+        if key not in self._typed:
+            self._typed[key] = self._weights.astype(dtype)
+        return self._typed[key]
 
     def filter(self, values, transpose=False):
         """Gaussian-filter ``values`` over the features' space.
@@ -169,13 +196,18 @@ class PermutohedralLattice:
         values = np.asarray(values)
         if values.dtype not in (np.float32, np.float64):
             values = values.astype(np.float64)
-        flat = values.reshape(self.num_pixels, -1)
-        splat, slice_ = self._matrices(values.dtype)
-        lattice_values = np.ascontiguousarray(splat @ flat)       # (M + 1, V), last row 0
+        flat = np.ascontiguousarray(values.reshape(self.num_pixels, -1))
         order = range(self.dim, -1, -1) if transpose else range(self.dim + 1)
-        blur = _blur_numba if self.use_numba else _blur_numpy
-        blurred = blur(lattice_values, self._neighbours, order)
-        out = slice_ @ blurred
+        if self.use_numba:
+            weights = self._weights_as(flat.dtype)
+            lattice_values = _splat_numba(flat, self._offsets, weights, self.num_points)
+            blurred = _blur_numba(lattice_values, self._neighbours, order)
+            out = _slice_numba(blurred, self._offsets, weights, flat.dtype.type(self._slice_scale))
+        else:
+            splat, slice_ = self._sparse(flat.dtype.type)
+            lattice_values = np.ascontiguousarray(splat @ flat)   # (M + 1, V), last row 0
+            blurred = _blur_numpy(lattice_values, self._neighbours, order)
+            out = slice_ @ blurred
         return out.reshape(values.shape).astype(values.dtype, copy=False)
 
 

@@ -127,8 +127,8 @@ class NormalisedFilter:
     with ``norm = 1 / (K 1 + 1e-20)``.
     """
 
-    def __init__(self, features):
-        self.lattice = PermutohedralLattice(features)
+    def __init__(self, features, use_numba=None):
+        self.lattice = PermutohedralLattice(features, use_numba=use_numba)
         self._norms = {}
 
     def norm(self, dtype):
@@ -157,13 +157,15 @@ class MeanfieldInference:
     Parameters
     ----------
     params : dict as parse_meanfield_params returns
+    use_numba : bool or None, passed to PermutohedralLattice (None: when installed)
 
     Lattices are cached: the spatial one per (H, W); the bilateral one per
     image, rebuilt only when that image's data change.
     """
 
-    def __init__(self, params):
+    def __init__(self, params, use_numba=None):
         self.params = dict(params)
+        self.use_numba = use_numba
         self._spatial = {}
         self._bilateral = {}   # batch index -> (image copy, filter)
         self._tape = None
@@ -172,14 +174,15 @@ class MeanfieldInference:
         key = (height, width)
         if key not in self._spatial:
             self._spatial = {key: NormalisedFilter(
-                spatial_features(height, width, self.params["theta_gamma"]))}
+                spatial_features(height, width, self.params["theta_gamma"]), self.use_numba)}
         return self._spatial[key]
 
     def bilateral_filter(self, n, image):
         cached = self._bilateral.get(n)
         if cached is None or cached[0].shape != image.shape or not np.array_equal(cached[0], image):
             filt = NormalisedFilter(
-                bilateral_features(image, self.params["theta_alpha"], self.params["theta_beta"]))
+                bilateral_features(image, self.params["theta_alpha"], self.params["theta_beta"]),
+                self.use_numba)
             cached = (np.array(image, copy=True), filt)
             self._bilateral[n] = cached
         return cached[1]
@@ -206,6 +209,7 @@ class MeanfieldInference:
             raise ValueError("data must be (%d, 3, %d, %d), got %s"
                              % (num, height, width, image.shape))
         ws, wb, mu = (np.asarray(b, dtype=unary.dtype).reshape(channels, channels) for b in blobs)
+        mu_ws, mu_wb = mu @ ws, mu @ wb   # mu (W_s S + W_b B) with two products, not three
         spatial = self.spatial_filter(height, width)
         out = np.empty_like(unary)
         tape = []
@@ -218,7 +222,8 @@ class MeanfieldInference:
                 q = softmax_rows(prev)
                 s = spatial.apply(q)
                 b = bilateral.apply(q)
-                prev = u - (s @ ws.T + b @ wb.T) @ mu.T
+                prev = u - s @ mu_ws.T
+                prev -= b @ mu_wb.T
                 steps.append((q, s, b))
             out[n] = prev.T.reshape(channels, height, width)
             tape.append((spatial, bilateral, steps))
