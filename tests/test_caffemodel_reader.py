@@ -398,3 +398,51 @@ def test_caffe_reads_our_writer_v1_and_v2_like_we_do(tmp_path):
             for a, t, o in zip(arrays[name], theirs.params[name], ours.params[name]):
                 np.testing.assert_array_equal(t.data, a.reshape(t.data.shape))
                 np.testing.assert_array_equal(o.data, t.data)
+
+
+PSP_FORK_PROTOTXT = """
+name: "psp_tiny"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 6 dim: 6 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 bias_term: false } }
+layer { name: "conv1_bn" type: "Python" bottom: "conv1" top: "conv1_bn"
+  python_param { module: "caffe_attacks.layers.bn" layer: "PSPBN" } }
+"""
+
+
+@requires_caffe
+def test_pspnet_fork_file_into_python_bn_layer(tmp_path):
+    """A file as PSPNet's Caffe writes it (type "BN", fork-only fields, a field number
+    this Caffe types differently) loads into our Python BN layer by name."""
+    import caffe
+    pytest.importorskip("caffe_attacks.layers.bn")
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    slope, bias, mean = (rng.standard_normal(4).astype(np.float32) for _ in range(3))
+    var = rng.uniform(0.5, 2.0, 4).astype(np.float32)
+    fork_bn_param = pw.f_bytes(4137, pw.f_fixed32(3, struct.pack("<f", 0.95)) + pw.f_varint(5, 1))
+    data = pw.net(layers=[
+        pw.layer_v2("data", "Input"),
+        pw.layer_v2("conv1", "Convolution", [pw.blob(w)], extra=pw.f_string(4138, "mem")),
+        pw.layer_v2("conv1_bn", "BN",
+                    [pw.blob(slope.reshape(1, 4, 1, 1)), pw.blob(bias),   # (1,C,1,1) and (C,)
+                     pw.blob(mean.reshape(1, 4, 1, 1)), pw.blob(var.reshape(1, 4, 1, 1))],
+                    extra=fork_bn_param + pw.f_varint(7, 0)),             # 7 = blobs for us
+        pw.layer_v2("conv1_aux", "Convolution", [pw.blob(w)]),          # training-only layer
+    ])
+    path = tmp_path / "psp_fork.caffemodel"
+    path.write_bytes(data)
+    proto = tmp_path / "psp.prototxt"
+    proto.write_text(PSP_FORK_PROTOTXT)
+    net = caffe.Net(str(proto), caffe.TEST)
+    report = load_caffemodel_into(net, path)
+    assert report.loaded == ["conv1", "conv1_bn"] and report.only_in_file == ["conv1_aux"]
+    assert any("field 7" in message for message in report.warnings)
+    x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
+    net.blobs["data"].data[...] = x
+    net.forward()
+    conv = net.blobs["conv1"].data
+    expected = (slope[:, None, None] * (conv[0] - mean[:, None, None])
+                / np.sqrt(var[:, None, None] + 1e-5) + bias[:, None, None])
+    np.testing.assert_allclose(net.blobs["conv1_bn"].data[0], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(net.params["conv1"][0].data, w)
