@@ -269,3 +269,20 @@ def test_caffe_blobs_bind_by_name_inference1():
         np.testing.assert_allclose(blob.data, value.astype(np.float32))
     # A differently named layer keeps its initialisation (copy_from goes by name).
     np.testing.assert_array_equal(other.params["crf_other"][0].data[0, 0], 3 * np.eye(21))
+
+
+def test_crf_variant_for_sweeps():
+    from caffe_attacks.layers.meanfield import crf_variant
+    learned = random_blobs(21, seed=11)
+    same = crf_variant({}, learned)
+    for a, b in zip(same["blobs"], learned):
+        np.testing.assert_allclose(a, b.astype(np.float32))    # w2 = 3: the public model
+    assert same["params"]["theta_alpha"] == 160.0
+    scaled = crf_variant({"w2": 6, "theta_alpha": 1}, learned)
+    np.testing.assert_allclose(scaled["blobs"][0], 2 * learned[0].astype(np.float32), rtol=1e-6)
+    np.testing.assert_allclose(scaled["blobs"][1], learned[1].astype(np.float32))
+    assert json.loads(scaled["param_str"])["theta_alpha"] == 1.0
+    replaced = crf_variant({"w2": 5}, learned, w2_mode="replace_diagonal")
+    np.testing.assert_array_equal(replaced["blobs"][0][0, 0], 5 * np.eye(21))
+    with pytest.raises(ValueError):
+        crf_variant({"theta_beta": -1})

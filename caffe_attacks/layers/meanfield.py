@@ -292,6 +292,43 @@ def deeplab_crf_layer(num_classes=21):
             "blobs": initial_blobs(num_classes, params)}
 
 
+W2_MODES = ("scale_learned", "replace_diagonal")
+
+
+def crf_variant(overrides, learned_blobs=None, w2_mode="scale_learned"):
+    """Layer settings of a CRF-RNN variant for the sweeps of Figures A9-A11.
+
+    Parameters
+    ----------
+    overrides : dict with any of theta_alpha, theta_beta, theta_gamma,
+        num_iterations and "w2" (the spatial-kernel weight); the rest stay at
+        the public model's values (DEFAULTS)
+    learned_blobs : the three trained (1, 1, C, C) blobs of ``inference1``
+        (None: the initial ones, W_s = 3 I)
+    w2_mode : how w2 enters, since the trained W_s is a full matrix:
+        "scale_learned" multiplies the learned W_s by w2 / 3 (w2 = 3 is the
+        public model itself); "replace_diagonal" sets W_s = w2 * I
+
+    Returns
+    -------
+    dict with "param_str", "params" and "blobs" (three float32 arrays)
+    """
+    if w2_mode not in W2_MODES:
+        raise ValueError("w2_mode must be one of %s, got %r" % (W2_MODES, w2_mode))
+    overrides = dict(overrides)
+    w2 = float(overrides.pop("w2", DEFAULTS["spatial_filter_weight"]))
+    params = parse_meanfield_params(json.dumps(dict(DEFAULTS, **overrides)))
+    params["spatial_filter_weight"] = w2
+    channels = learned_blobs[0].shape[-1] if learned_blobs is not None else 21
+    blobs = [np.array(b, dtype=np.float32) for b in
+             (learned_blobs if learned_blobs is not None else initial_blobs(channels, DEFAULTS))]
+    if w2_mode == "scale_learned":
+        blobs[0] = blobs[0] * np.float32(w2 / DEFAULTS["spatial_filter_weight"])
+    else:
+        blobs[0] = w2 * np.eye(channels, dtype=np.float32).reshape(blobs[0].shape)
+    return {"param_str": json.dumps(params, sort_keys=True), "params": params, "blobs": blobs}
+
+
 class MultiStageMeanfield(_Layer):
     """crfasrnn's MultiStageMeanfield as a Caffe Python layer (see module docstring)."""
 
