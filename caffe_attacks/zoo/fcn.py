@@ -22,7 +22,7 @@ MODELS = [
     ModelSpec("fcn8s_vgg_voc", "fcn", "voc", 21, "data", "score", (500, 500), (), 513.0),
     ModelSpec("fcn8s_vgg_voc_authors", "fcn", "voc", 21, "data", "output", (513, 513), (), 513.0),
     ModelSpec("fcn8s_vgg_cityscapes", "fcn", "cityscapes", 19, "data", "score",
-              (1024, 2048), (), 512.5),
+              (512, 1024), (), 512.5),
     ModelSpec("fcn8s_resnet101_voc", "fcn", "voc", 21, "data", "score", (512, 512), (), 162.9),
 ]
 
