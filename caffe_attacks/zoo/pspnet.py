@@ -29,8 +29,8 @@ side: the input size itself exactly when ``H = 8k + 1`` (473, 713, 41, 89).
 """
 from caffe_attacks.zoo import ModelSpec
 from caffe_attacks.zoo.netspec_tools import (
-    BN_MODULE, L, P, conv, eltwise_sum, dropout, data_input, interp,
-    max_pool, net_spec, python_layer, relu)
+    L, P, conv, data_input, dropout, eltwise_sum, interp, max_pool, net_spec, psp_bn,
+    relu)
 
 MODELS = [
     ModelSpec(name="pspnet101_voc", family="pspnet", dataset="voc", num_classes=21,
@@ -58,7 +58,7 @@ CLASSIFIER_PARAM = [dict(lr_mult=10, decay_mult=1), dict(lr_mult=20, decay_mult=
 
 def bn(bottom):
     """The fork's 4-blob ``BN`` (slope, bias, mean, var; eps 1e-5), in place."""
-    return python_layer(BN_MODULE, "PSPBN", {}, [bottom], in_place=True)
+    return psp_bn(bottom, in_place=True)
 
 
 def conv_bn(n, name, bottom, nout, ks=1, stride=1, pad=0, dilation=1,
