@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 # Import order is listing order.
 FAMILIES = ("fcn", "dilated", "deeplab", "segnet", "crfrnn",
-            "pspnet", "icnet", "enet", "tiny")
+            "pspnet", "icnet", "enet", "tiny", "multiscale")
 
 PROTOTXT_DIR = Path(__file__).resolve().parents[2] / "prototxt"
 
