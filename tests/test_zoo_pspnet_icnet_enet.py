@@ -323,7 +323,7 @@ def test_enet_table_a4_is_decimal_megabytes():
 @requires_caffe
 def test_pspnet_cityscapes_auxiliary_branch_explains_table_a4():
     """Deploy + the training auxiliary classifier on conv4_23 = 260.10 MiB
-    (Table A4: 260.2); for VOC the same branch leaves 12.6 MiB unexplained."""
+    (Table A4: 260.2); for VOC the same branch gives 260.11 MiB = 272.74 MB."""
     for name, classes in (("pspnet101_cityscapes", 19), ("pspnet101_voc", 21)):
         text = zoo.build(name, aux_branch=True)
         with_aux = param_count(text)
@@ -334,8 +334,11 @@ def test_pspnet_cityscapes_auxiliary_branch_explains_table_a4():
     # 260.0995 against the table's 260.2: one unit of the last digit short (the
     # deploy alone is 9.1 MiB short); see docs/FIDELITY.md
     assert 0.1 < zoo.get("pspnet101_cityscapes").table_a4_mib - cityscapes < 0.11
-    voc = param_count(zoo.build("pspnet101_voc", aux_branch=True)) * MIB
-    assert zoo.get("pspnet101_voc").table_a4_mib - voc > 10     # VOC stays unexplained
+    voc_params = param_count(zoo.build("pspnet101_voc", aux_branch=True))
+    assert zoo.get("pspnet101_voc").table_a4_mib - voc_params * MIB > 10   # not in MiB
+    # ... but in decimal MB (ENet's unit in the same table) it prints as 272.7:
+    # an arithmetic observation recorded in docs/FIDELITY.md, not a verified fact
+    assert round(voc_params * 4 / 1e6, 1) == zoo.get("pspnet101_voc").table_a4_mib
 
 
 # ------------------------------------------------------------ input sizes
