@@ -65,11 +65,11 @@ def _blur_numpy(values, neighbours, order):
 
 if numba is not None:
     @numba.njit(cache=True, nogil=True)
-    def _splat_numba(values, offsets, weights, num_points):
+    def _splat_numba(values, offsets, weights, num_points, scale):
         out = np.zeros((num_points + 1, values.shape[1]), dtype=values.dtype)
         for i in range(values.shape[0]):
             for r in range(offsets.shape[1]):
-                o, w = offsets[i, r], weights[i, r]
+                o, w = offsets[i, r], weights[i, r] * scale[i]
                 for k in range(values.shape[1]):
                     out[o, k] += w * values[i, k]
         return out
@@ -79,10 +79,75 @@ if numba is not None:
         out = np.zeros((offsets.shape[0], lattice_values.shape[1]), dtype=lattice_values.dtype)
         for i in range(offsets.shape[0]):
             for r in range(offsets.shape[1]):
-                o, w = offsets[i, r], weights[i, r] * scale
+                o, w = offsets[i, r], weights[i, r] * scale[i]
                 for k in range(lattice_values.shape[1]):
                     out[i, k] += w * lattice_values[o, k]
         return out
+
+    @numba.njit(cache=True, nogil=True)
+    def _simplices_numba(features, scale):
+        """Per-pixel loop version of _simplex_of + _vertex_keys (same arithmetic)."""
+        n, d = features.shape
+        keys = np.empty((n, d + 1, d), dtype=np.int64)
+        bary_out = np.empty((n, d + 1))
+        elevated = np.empty(d + 1)
+        rem0 = np.empty(d + 1, dtype=np.int64)
+        rank = np.empty(d + 1, dtype=np.int64)
+        bary = np.empty(d + 2)
+        for p in range(n):
+            suffix = 0.0
+            for j in range(d, 0, -1):
+                cf = features[p, j - 1] * scale[j - 1]
+                elevated[j] = suffix - j * cf
+                suffix += cf
+            elevated[0] = suffix
+            total = 0
+            for i in range(d + 1):
+                v = elevated[i] / (d + 1)
+                up = np.ceil(v) * (d + 1)
+                down = np.floor(v) * (d + 1)
+                rem0[i] = np.int64(up) if up - elevated[i] < elevated[i] - down else np.int64(down)
+                total += rem0[i]
+            excess = total // (d + 1)
+            for i in range(d + 1):
+                rank[i] = 0
+            for a in range(d + 1):
+                for b in range(a + 1, d + 1):
+                    if elevated[a] - rem0[a] < elevated[b] - rem0[b]:
+                        rank[a] += 1
+                    else:
+                        rank[b] += 1
+            for i in range(d + 1):
+                if excess > 0 and rank[i] >= d + 1 - excess:
+                    rem0[i] -= d + 1
+                    rank[i] += excess - (d + 1)
+                elif excess < 0 and rank[i] < -excess:
+                    rem0[i] += d + 1
+                    rank[i] += excess + (d + 1)
+                else:
+                    rank[i] += excess
+            for i in range(d + 2):
+                bary[i] = 0.0
+            for i in range(d + 1):
+                delta = (elevated[i] - rem0[i]) / (d + 1)
+                bary[d - rank[i]] += delta
+                bary[d + 1 - rank[i]] -= delta
+            bary[0] += 1.0 + bary[d + 1]
+            for r in range(d + 1):
+                bary_out[p, r] = bary[r]
+                for k in range(d):
+                    keys[p, r, k] = rem0[k] + (r if rank[k] <= d - r else r - (d + 1))
+        return keys, bary_out
+
+    @numba.njit(cache=True, nogil=True)
+    def _encode_numba(keys, low, radix):
+        codes = np.empty(keys.shape[0], dtype=np.int64)
+        for i in range(keys.shape[0]):
+            c = 0
+            for k in range(keys.shape[1]):
+                c += (keys[i, k] - low[k]) * radix[k]
+            codes[i] = c
+        return codes
 
     @numba.njit(cache=True, nogil=True)
     def _blur_pass(src, dst, n1, n2):
@@ -128,39 +193,46 @@ class PermutohedralLattice:
         self.use_numba = (numba is not None) if use_numba is None else bool(use_numba)
         if self.use_numba and numba is None:
             raise ValueError("use_numba=True but numba is not installed")
-        rem0, rank, bary = _simplex_of(features)
-        vertices = _vertex_keys(rem0, rank)                    # (N, d+1, d)
-        codec = _KeyCodec(vertices.reshape(-1, self.dim))
-        codes = codec.encode(vertices.reshape(-1, self.dim))
+        if self.use_numba:
+            vertices, bary = _simplices_numba(features, _feature_scale(self.dim))
+            vertices = vertices.reshape(-1, self.dim)
+            codec = _KeyCodec(vertices)
+            codes = _encode_numba(vertices, codec.low, codec.radix)
+        else:
+            rem0, rank, bary = _simplex_of(features)
+            vertices = _vertex_keys(rem0, rank).reshape(-1, self.dim)   # (N (d+1), d)
+            codec = _KeyCodec(vertices)
+            codes = codec.encode(vertices)
         self._codes, offsets = np.unique(codes, return_inverse=True)
         self.num_points = self._codes.size
         offsets = offsets.reshape(self.num_pixels, self.dim + 1)
-        keys = codec.decode(self._codes)                          # (M, d)
-        self._neighbours = [self._neighbours_along(codec, keys, j) for j in range(self.dim + 1)]
+        index_dtype = np.int32 if self.num_points < 2**31 else np.int64
+        self._neighbours = [self._neighbours_along(codec.radix, j, index_dtype)
+                            for j in range(self.dim + 1)]
         # Row M of the lattice values is the "absent neighbour" slot, always zero.
-        self._offsets = offsets.astype(self._neighbours[0][0].dtype)
+        self._offsets = offsets.astype(index_dtype)
         self._weights = bary[:, :self.dim + 1]
         self._slice_scale = 1.0 / (1.0 + 2.0 ** -self.dim)
         self._typed = {}
         log.debug("lattice: %d pixels, d=%d, %d vertices", self.num_pixels, self.dim, self.num_points)
 
-    def _neighbours_along(self, codec, keys, j):
-        """Indices (into M + 1 rows) of the two neighbours of every vertex along direction j."""
-        d = self.dim
-        ahead = keys - 1
-        behind = keys + 1
-        if j < d:  # direction j adds d to coordinate j and -1 to the others (d+1 coords in all)
-            ahead[:, j] = keys[:, j] + d
-            behind[:, j] = keys[:, j] - d
-        return self._lookup(codec, ahead), self._lookup(codec, behind)
+    def _neighbours_along(self, radix, j, index_dtype):
+        """Indices (into M + 1 rows) of the two neighbours of every vertex along direction j.
 
-    def _lookup(self, codec, keys):
-        inside = codec.contains(keys)
-        codes = codec.encode(np.where(inside[:, None], keys, codec.low))
-        pos = np.searchsorted(self._codes, codes)
-        pos = np.minimum(pos, self.num_points - 1)
-        found = inside & (self._codes[pos] == codes)
-        return np.where(found, pos, self.num_points).astype(np.int32 if self.num_points < 2**31 else np.int64)
+        Direction j adds d to coordinate j and -1 to the others (d+1
+        coordinates in all; j = d changes only the implicit last one).  Keys
+        are packed linearly with a margin beyond every key, so a neighbour's
+        code is the vertex's code plus a constant.
+        """
+        step = -int(radix.sum())
+        if j < self.dim:
+            step += (self.dim + 1) * int(radix[j])
+        return (self._lookup(self._codes + step, index_dtype),
+                self._lookup(self._codes - step, index_dtype))
+
+    def _lookup(self, codes, index_dtype):
+        pos = np.minimum(np.searchsorted(self._codes, codes), self.num_points - 1)
+        return np.where(self._codes[pos] == codes, pos, self.num_points).astype(index_dtype)
 
     def _sparse(self, dtype):
         """Splat (M + 1, N) and slice (N, M + 1) matrices, for the numpy path."""
@@ -175,12 +247,14 @@ class PermutohedralLattice:
         return self._typed[dtype]
 
     def _weights_as(self, dtype):
+        """Splat and slice weights (N, d+1) in dtype, for the numba path."""
         key = ("weights", dtype)
         if key not in self._typed:
-            self._typed[key] = self._weights.astype(dtype)
+            self._typed[key] = (self._weights.astype(dtype),
+                                (self._weights * self._slice_scale).astype(dtype))
         return self._typed[key]
 
-    def filter(self, values, transpose=False):
+    def filter(self, values, transpose=False, pre_scale=None, post_scale=None):
         """Gaussian-filter ``values`` over the features' space.
 
         Parameters
@@ -188,6 +262,9 @@ class PermutohedralLattice:
         values : (N, V) or (N,) float32/float64 array
         transpose : bool, apply the transpose of the filter (blur order
             d..0 instead of 0..d), as backward needs
+        pre_scale, post_scale : optional (N,) per-pixel factors applied to
+            the values before splatting / to the result after slicing (folded
+            into the splat and slice weights)
 
         Returns
         -------
@@ -196,19 +273,39 @@ class PermutohedralLattice:
         values = np.asarray(values)
         if values.dtype not in (np.float32, np.float64):
             values = values.astype(np.float64)
+        dtype = values.dtype.type
         flat = np.ascontiguousarray(values.reshape(self.num_pixels, -1))
         order = range(self.dim, -1, -1) if transpose else range(self.dim + 1)
         if self.use_numba:
-            weights = self._weights_as(flat.dtype)
-            lattice_values = _splat_numba(flat, self._offsets, weights, self.num_points)
+            ones = self._ones(dtype)
+            pre = ones if pre_scale is None else np.ascontiguousarray(pre_scale, dtype=dtype).ravel()
+            post = ones if post_scale is None else np.ascontiguousarray(post_scale, dtype=dtype).ravel()
+            splat_w, slice_w = self._weights_as(dtype)
+            lattice_values = _splat_numba(flat, self._offsets, splat_w, self.num_points, pre)
             blurred = _blur_numba(lattice_values, self._neighbours, order)
-            out = _slice_numba(blurred, self._offsets, weights, flat.dtype.type(self._slice_scale))
+            out = _slice_numba(blurred, self._offsets, slice_w, post)
         else:
-            splat, slice_ = self._sparse(flat.dtype.type)
+            splat, slice_ = self._sparse(dtype)
+            if pre_scale is not None:
+                flat = flat * np.asarray(pre_scale, dtype=dtype).reshape(-1, 1)
             lattice_values = np.ascontiguousarray(splat @ flat)   # (M + 1, V), last row 0
             blurred = _blur_numpy(lattice_values, self._neighbours, order)
             out = slice_ @ blurred
+            if post_scale is not None:
+                out *= np.asarray(post_scale, dtype=dtype).reshape(-1, 1)
         return out.reshape(values.shape).astype(values.dtype, copy=False)
+
+    def _ones(self, dtype):
+        key = ("ones", dtype)
+        if key not in self._typed:
+            self._typed[key] = np.ones(self.num_pixels, dtype=dtype)
+        return self._typed[key]
+
+
+def _feature_scale(d):
+    """Per-axis scale of the elevation that makes the blur match a unit Gaussian."""
+    inv_std = np.sqrt(2.0 / 3.0) * (d + 1)
+    return inv_std / np.sqrt((np.arange(d) + 1.0) * (np.arange(d) + 2.0))
 
 
 def _simplex_of(features):
@@ -221,10 +318,7 @@ def _simplex_of(features):
     bary : (N, d+2) float64, barycentric weights (column r for the vertex of remainder r)
     """
     n, d = features.shape
-    # Elevation onto sum x = 0, with the scale that makes the blur match a unit Gaussian.
-    inv_std = np.sqrt(2.0 / 3.0) * (d + 1)
-    scale = inv_std / np.sqrt((np.arange(d) + 1.0) * (np.arange(d) + 2.0))
-    cf = features * scale
+    cf = features * _feature_scale(d)
     suffix = np.cumsum(cf[:, ::-1], axis=1)[:, ::-1]             # suffix[:, j] = sum_{k>=j} cf_k
     elevated = np.empty((n, d + 1))
     elevated[:, 0] = suffix[:, 0]
@@ -285,7 +379,7 @@ class _KeyCodec:
     """Packs integer lattice keys (first d coordinates) into one int64 by mixed radix."""
 
     def __init__(self, keys):
-        # One unit of margin each side so that every neighbour of a vertex is encodable.
+        # A margin of d+1 each side so that every neighbour of a vertex is encodable.
         self.low = keys.min(axis=0) - keys.shape[1] - 1
         self.high = keys.max(axis=0) + keys.shape[1] + 1
         span = [int(s) for s in self.high - self.low + 1]
@@ -298,15 +392,5 @@ class _KeyCodec:
                              "features are too spread for their scale" % total)
         self.radix = np.array(radix[::-1], dtype=np.int64)
 
-    def contains(self, keys):
-        return np.all((keys >= self.low) & (keys <= self.high), axis=1)
-
     def encode(self, keys):
         return ((keys - self.low) * self.radix).sum(axis=1)
-
-    def decode(self, codes):
-        out = np.empty((codes.size, self.radix.size), dtype=np.int64)
-        rest = codes.copy()
-        for k, r in enumerate(self.radix):
-            out[:, k], rest = np.divmod(rest, r)
-        return out + self.low

@@ -125,3 +125,20 @@ def test_same_lattice_as_densecrf(features):
     ours = lat.filter(np.eye(features.shape[0]))
     ours /= ours.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_numba_and_numpy_build_the_same_lattice():
+    if lattice.numba is None:
+        pytest.skip("numba not installed")
+    rng = np.random.default_rng(6)
+    # Integer-valued features: many exact ties in rounding and ranking.
+    features = np.concatenate([spatial_features(10, 11, 1.0), rng.integers(0, 4, (110, 3))], axis=1)
+    for f in (features, bilateral_features(smooth_image(10, 11), 3.0, 7.0)):
+        a = PermutohedralLattice(f, use_numba=True)
+        b = PermutohedralLattice(f, use_numba=False)
+        assert a.num_points == b.num_points
+        np.testing.assert_array_equal(a._offsets, b._offsets)
+        np.testing.assert_allclose(a._weights, b._weights, rtol=0, atol=1e-12)
+        for (a1, a2), (b1, b2) in zip(a._neighbours, b._neighbours):
+            np.testing.assert_array_equal(a1, b1)
+            np.testing.assert_array_equal(a2, b2)
