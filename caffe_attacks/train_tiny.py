@@ -57,7 +57,7 @@ def _train_net_param(input_hw, batch, num_classes):
     return net
 
 
-def train(data_root, out_path, iterations=1500, batch=8, lr=2e-3, seed=0, progress=True):
+def train(data_root, out_path, iterations=300, batch=8, lr=2e-3, seed=0, progress=True):
     """Train and save; returns (md5, val mIoU)."""
     os.environ.setdefault("GLOG_minloglevel", "2")
     import caffe
@@ -139,7 +139,7 @@ def main(argv=None):
     p.add_argument("--data-dir", default="data/synthetic_voc",
                    help="synthetic dataset (written here if missing)")
     p.add_argument("--out", default=DEFAULT_OUT)
-    p.add_argument("--iterations", type=int, default=1500)
+    p.add_argument("--iterations", type=int, default=300)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
