@@ -286,3 +286,36 @@ def test_crf_variant_for_sweeps():
     np.testing.assert_array_equal(replaced["blobs"][0][0, 0], 5 * np.eye(21))
     with pytest.raises(ValueError):
         crf_variant({"theta_beta": -1})
+
+
+def test_fused_kernels_match_numpy():
+    from caffe_attacks.layers import meanfield
+    rng = np.random.default_rng(12)
+    x = rng.normal(scale=5, size=(50, 7))
+    expected = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(meanfield.softmax_rows(x), expected, rtol=1e-12)
+    np.testing.assert_allclose(meanfield._softmax_rows_numpy(x), expected, rtol=1e-12)
+    u, s, b = (rng.normal(size=(50, 7)) for _ in range(3))
+    a1, a2 = rng.normal(size=(7, 7)), rng.normal(size=(7, 7))
+    np.testing.assert_allclose(meanfield.pairwise_update(u, s, a1, b, a2),
+                               u - s @ a1.T - b @ a2.T, rtol=1e-10, atol=1e-12)
+
+
+@requires_caffe
+def test_caffe_backward_matches_finite_differences():
+    image, unary, _ = make_case(dtype=np.float32)
+    net = _load(_net_text(4, 7, 8, params=small_params(num_iterations=5)))
+    net.blobs["data"].data[...] = image
+    weights = np.random.default_rng(13).normal(size=unary.shape).astype(np.float32)
+
+    def loss(u):
+        net.blobs["unary"].data[...] = u
+        net.forward()
+        return float((net.blobs["pred"].data.astype(np.float64) * weights).sum())
+
+    loss(unary)
+    net.blobs["pred"].diff[...] = weights
+    net.backward(start="inference1")
+    analytic = net.blobs["unary"].diff.copy()
+    numeric = numeric_gradient(loss, unary, step=1e-2, indices=sample_indices(unary.shape, 25))
+    assert_gradient_close(analytic, numeric, threshold=1e-2)
