@@ -55,7 +55,7 @@ def resolve_endpoint(text, args, weights=None):
     from caffe_attacks import zoo
     from caffe_attacks.preprocess import Protocol
     from caffe_attacks.run import _load_engine, _parse_protocol
-    from caffe_attacks.zoo.multiscale import member_net, parse_member
+    from caffe_attacks.zoo.multiscale import parse_member
 
     try:
         member = parse_member(text)
@@ -93,16 +93,11 @@ def resolve_endpoint(text, args, weights=None):
         raise UsageError("%s has no manifest entry; give --protocol" % member.zoo_name)
 
     if member.generated:
-        text_def, ms = member_net(member)
-        score_blob = ms.score_blob
-        with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
-            f.write(text_def)
-            prototxt = f.name
-        try:
-            model = _load_engine(args.engine, prototxt, weights, args.gpu, spec.input_blob,
-                                 score_blob, getattr(args, "device", None))
-        finally:
-            os.unlink(prototxt)
+        def load(prototxt, score_blob):
+            return _load_engine(args.engine, prototxt, weights, args.gpu, spec.input_blob,
+                                score_blob, getattr(args, "device", None))
+        model = MemberModel(member, load)
+        model.build(_canvas_hw(protocol, spec))   # build (and fail) now, not mid-run
     else:
         prototxt = str(zoo.prototxt_path(member.zoo_name))
         if not os.path.exists(prototxt):
@@ -112,6 +107,56 @@ def resolve_endpoint(text, args, weights=None):
     rm = ResolvedModel(model, protocol, member.label, weights, md5, verified, spec.num_classes)
     rm.member = member
     return rm
+
+
+def _canvas_hw(protocol, spec):
+    return tuple(protocol.canvas) if protocol.canvas else tuple(spec.reference_input)
+
+
+class MemberModel:
+    """A generated net (``NAME@VARIANT``) as a model, built per input canvas size.
+
+    Its score-resizing Interp layers have sizes fixed at generation, so an
+    input of another size gets its own net (built once, cached). Implements
+    the model protocol of docs/DESIGN.md.
+
+    Parameters
+    ----------
+    member : caffe_attacks.zoo.multiscale.Member
+    load : callable (prototxt path, score blob) -> model (e.g. a CaffeNet with weights)
+    """
+
+    def __init__(self, member, load):
+        self.member = member
+        self._load = load
+        self._nets = {}
+        self.score_blob = None
+
+    def build(self, hw):
+        """The net for canvas (H, W), built on first use; sets ``score_blob``."""
+        from caffe_attacks.zoo.multiscale import member_net
+        hw = tuple(int(v) for v in hw)
+        if hw not in self._nets:
+            text, ms = member_net(self.member, input_hw=hw)
+            with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
+                f.write(text)
+                path = f.name
+            try:
+                self._nets[hw] = self._load(path, ms.score_blob)
+            finally:
+                os.unlink(path)
+            self.score_blob = ms.score_blob
+        return self._nets[hw]
+
+    @property
+    def num_classes(self):
+        return next(iter(self._nets.values())).num_classes
+
+    def forward(self, x):
+        return self.build(np.shape(x)[2:]).forward(x)
+
+    def input_gradient(self, x, dscores):
+        return self.build(np.shape(x)[2:]).input_gradient(x, dscores)
 
 
 def net_config(rm, engine="caffe"):
