@@ -29,7 +29,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from caffe_attacks.attacks import ATTACKS, PAPER_EPS
+from caffe_attacks.attacks import ATTACKS, PAPER_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,16 @@ DATA_VARIABLE = {"voc": "VOC_DIR", "cityscapes": "CITYSCAPES_DIR", "synthetic": 
 # source, a CRF variant) needs the definition's own "runner" module.
 RUNNER_FIELDS = {"model", "dataset", "split", "attack", "eps", "options", "engine"}
 # Keys of rows and columns that describe, rather than select.
-DESCRIPTIVE_KEYS = {"label", "paper", "note", "run", "paper_only", "text_from", "dataset_label"}
+DESCRIPTIVE_KEYS = {"label", "paper", "note", "note_run", "run", "paper_only", "text_from",
+                    "dataset_label"}
 TABLE_KINDS = ("table", "params")
 FIGURE_KINDS = ("iou_ratio_curves", "perturbation", "qualitative_grid", "crf_sweep",
-                "crf_confidence", "crf_deeplab", "transfer_bars")
+                "crf_confidence", "crf_deeplab", "transfer_curves")
+# Kinds written in their own shape by the multiscale experiments; ``normalize``
+# turns them into the grid form of a "table".
+ADAPTED_KINDS = ("multiscale_clean", "transfer_matrix")
+TRANSFER_HINT = ("produced by `python -m caffe_attacks.transfer` (see experiments/README.md, "
+                 "Multiscale and transfer)")
 
 
 class ExperimentError(Exception):
@@ -97,10 +103,52 @@ def load(exp_id, directory=EXPERIMENTS_DIR):
     except ValueError as e:
         raise ExperimentError("%s is not valid JSON: %s" % (path, e)) from None
     defn.setdefault("id", exp_id)
+    defn = normalize(defn)
     problems = validate(defn)
     if problems:
         raise ExperimentError("%s: %s" % (path, "; ".join(problems)))
     return defn
+
+
+def normalize(defn):
+    """A definition in the grid form this module reads (a copy); other kinds unchanged.
+
+    multiscale_clean (Tables A13, A14): one clean-IoU column, a row per net.
+    transfer_matrix (Tables A15-A18): a column per (attack, source), a row per
+    target; a cell asks for the target's record whose ``source.model`` is the
+    column's source (the transfer CLI's records, white-box on the diagonal).
+    """
+    kind = defn.get("kind")
+    if kind not in ADAPTED_KINDS:
+        return defn
+    d = copy.deepcopy(defn)
+    paper = d.get("paper") or {}
+    out = {"id": d["id"], "kind": "table", "title": "Table %s: %s" % (
+        d["id"].split("_")[-1], d.get("caption", "")), "caption": d.get("caption", ""),
+        "dataset": d["dataset"], "split": d.get("split", "val"), "metric": d.get("metric", "miou"),
+        "adapted_from": kind}
+    labels = d.get("row_labels") or d.get("models") or d.get("targets")
+    if kind == "multiscale_clean":
+        values = paper.get("miou_percent") or [None] * len(d["models"])
+        out["columns"] = [{"label": "IoU [%]", "attack": "clean", "eps": 0}]
+        out["rows"] = [{"label": l, "model": m, "paper": [v], "note_run": TRANSFER_HINT}
+                       for l, m, v in zip(labels, d["models"], values)]
+        return out
+    eps = d["eps"] if not isinstance(d["eps"], list) else d["eps"][0]
+    col_labels = d.get("column_labels") or d["sources"]
+    out["columns"] = [{"label": "%s %s" % (PAPER_NAMES.get(a, a), cl), "attack": a,
+                       "eps": float(eps), "match": {"source": {"model": src}}}
+                      for a in d["attacks"] for src, cl in zip(d["sources"], col_labels)]
+    ratios = paper.get("iou_ratio_percent") or {}
+    rows = []
+    for i, (label, target) in enumerate(zip(labels, d["targets"])):
+        values = []
+        for a in d["attacks"]:
+            grid = ratios.get(a)
+            values += list(grid[i]) if grid else [None] * len(d["sources"])
+        rows.append({"label": label, "model": target, "paper": values})
+    out["rows"] = rows
+    return out
 
 
 def validate(defn):
@@ -135,6 +183,7 @@ def validate(defn):
         if a not in ATTACKS:
             problems.append("unknown attack %r" % a)
     eps = defn.get("eps")
+    eps = [eps] if isinstance(eps, (int, float)) else eps
     if eps is not None and any((not isinstance(e, (int, float))) or e < 0 for e in eps):
         problems.append("eps must be non-negative numbers")
     return problems
@@ -215,7 +264,8 @@ def table_cells(defn):
                 q["eps"] = 0.0
                 q.pop("options", None)
             q = _flatten_match(q)
-            runnable = row.get("run", True) and set(q) <= RUNNER_FIELDS
+            runnable = (row.get("run", True) and set(q) <= RUNNER_FIELDS
+                        and "@" not in str(q.get("model", "")))
             cells.append(Cell(r, c, q, value, runnable, row.get("note")))
     return [row["label"] for row in defn["rows"]], [c["label"] for c in columns], cells
 
@@ -428,6 +478,7 @@ class EnsureReport:
     ran: list = field(default_factory=list)        # Job descriptions that ran
     missing: list = field(default_factory=list)    # Missing entries
     failed: list = field(default_factory=list)     # (job description, message)
+    notes: list = field(default_factory=list)      # cells another tool produces
 
 
 def ensure(defn, store_path, data_dirs=None, weights_dir="weights", limit=None,
@@ -445,6 +496,13 @@ def ensure(defn, store_path, data_dirs=None, weights_dir="weights", limit=None,
                          weights_dir=weights_dir, limit=limit, progress=progress, gpu=gpu)
     if defn["kind"] in ("perturbation", "qualitative_grid"):
         jobs = example_jobs(defn)
+    elif defn["kind"] == "transfer_curves" or defn.get("adapted_from"):
+        report.notes.append("%s: its cells are %s" % (defn["id"], TRANSFER_HINT))
+        jobs = plan(queries_of(defn))
+    elif defn["kind"] in ("crf_sweep", "crf_confidence", "crf_deeplab"):
+        report.notes.append("%s: its runs are made by the CRF experiments (see "
+                            "experiments/README.md)" % defn["id"])
+        jobs = []
     else:
         jobs = plan(queries_of(defn))
     seen = set()
@@ -637,6 +695,8 @@ def _one(defn, args, data_dirs, store_path):
             raise SystemExit(130)
         for m in report.missing:
             print("missing (%s): %s" % (defn["id"], m.message), file=sys.stderr)
+        for note in report.notes:
+            print("note: %s" % note, file=sys.stderr)
         for what, msg in report.failed:
             print("failed (%s): %s: %s" % (defn["id"], what, msg), file=sys.stderr)
         if report.missing or report.failed:

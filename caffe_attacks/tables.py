@@ -184,7 +184,7 @@ def _legend(table):
 
 def to_markdown(table):
     lines = ["### %s%s" % (table.title, " (partial)" if table.partial else ""), ""]
-    if table.caption:
+    if table.caption and table.caption not in table.title:
         lines += ["Paper: %s" % table.caption, ""]
     head = ["Network"] + list(table.col_labels)
     lines.append("| " + " | ".join(head) + " |")
