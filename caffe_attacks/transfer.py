@@ -301,10 +301,14 @@ def transfer_image(sample, source, targets, configs, store, args):
 
 def run_transfer(source, targets, dataset, store, attacks, eps_list, args, ids, split="val",
                  progress=True):
-    """Process every image id (resuming); return {target label: summary rows}."""
+    """Process every image id (resuming); return {target label: summary rows}.
+
+    ``args`` carries the attack options (alpha, ifgsm_ll_target,
+    clip_to_image), ``engine`` and ``dataset`` (the kind, for the records).
+    """
     from tqdm import tqdm
-    configs = make_transfer_configs(source, targets, attacks, eps_list, args,
-                                    dataset_name(args), split)
+    configs = make_transfer_configs(source, targets, attacks, eps_list, args, args.dataset,
+                                    split)
     keys = [config_key(c) for items in configs.values() for _, _, c in items]
     todo = [i for i in ids if not all(store.has(k, i) for k in keys)]
     bar = tqdm(total=len(ids), initial=len(ids) - len(todo), unit="img",
@@ -316,10 +320,6 @@ def run_transfer(source, targets, dataset, store, attacks, eps_list, args, ids, 
         bar.update(1)
     bar.close()
     return {targets[t].name: summarize(store, items, ids) for t, items in configs.items()}
-
-
-def dataset_name(args):
-    return getattr(args, "dataset", None)
 
 
 def summarize(store, configs, ids):

@@ -172,8 +172,9 @@ def _interp_layer(name, bottom, top, params):
 
 def _blob_shapes(net):
     """{blob: shape} after every layer of ``net`` (shape inference, no Caffe)."""
-    out = dict(shapes.net_inputs(shapes.parse_prototxt(_to_text(net))))
-    for layer in shapes.infer(shapes.parse_prototxt(_to_text(net))):
+    parsed = shapes.parse_prototxt(_to_text(net))
+    out = dict(shapes.net_inputs(parsed))
+    for layer in shapes.infer(parsed):
         out.update(zip(layer.tops, layer.top_shapes))
     return out
 
