@@ -260,6 +260,8 @@ def table_cells(defn):
                 continue
             col_q = {k: v for k, v in col.items() if k not in DESCRIPTIVE_KEYS}
             q = _merge(base, col_q, row_q)
+            if col.get("attack") == "clean":
+                q["attack"] = "clean"      # the eps = 0 column is clean whatever the row attacks
             if q.get("attack") == "clean":
                 q["eps"] = 0.0
                 q.pop("options", None)
@@ -405,19 +407,29 @@ def data_dir_for(dataset, data_dirs):
     return (data_dirs or {}).get(dataset)
 
 
-def check_job(job, data_dirs, weights_dir):
-    """Missing weights, prototxt or data for a job (empty list: it can run)."""
+def check_job(job, data_dirs, weights_dir, override=None):
+    """Missing weights, prototxt or data for a job (empty list: it can run).
+
+    override: {"weights": caffemodel path, "protocol": input block} used
+    instead of the manifest's (a model trained by hand, before its entry exists).
+    """
     from caffe_attacks import weights as W
     from caffe_attacks import zoo
     out = []
     try:
-        entry = W.model_entry(job.model)
         zoo.get(job.model)
+        entry = W.model_entry(job.model)
     except KeyError:
-        return [Missing(job.model, "%s is not a zoo model with a weights manifest entry"
-                        % job.model)]
-    wpath = W.weights_file(entry, weights_dir)
-    if not os.path.exists(wpath):
+        entry = None
+        if not (override and override.get("weights") and override.get("protocol")):
+            return [Missing(job.model, "%s is not a zoo model with a weights manifest entry"
+                            % job.model)]
+    wpath = override["weights"] if override and override.get("weights") else \
+        W.weights_file(entry, weights_dir)
+    if override and override.get("weights"):
+        if not os.path.exists(wpath):
+            out.append(Missing("weights:" + job.model, "weights not found: %s" % wpath))
+    elif not os.path.exists(wpath):
         if job.model in W.fetchable_names():
             how = "get them with `make fetch-weights NAMES=%s` (WEIGHTS_DIR=%s)" % (
                 job.model, weights_dir)
@@ -441,7 +453,32 @@ def check_job(job, data_dirs, weights_dir):
     return out
 
 
-def run_job(job, store_path, data_dirs, weights_dir, limit=None, progress=True, gpu=None):
+def _runner_argv(job, data_dirs, weights_dir, override=None, gpu=None):
+    """Runner arguments for a job: --model NAME, or the zoo prototxt with overridden files."""
+    from caffe_attacks import weights as W
+    from caffe_attacks import zoo
+    argv = ["--dataset", job.dataset, "--data-dir", data_dir_for(job.dataset, data_dirs),
+            "--split", job.split, "--weights-dir", str(weights_dir)]
+    if override and override.get("weights"):
+        try:
+            W.model_entry(job.model)
+            argv += ["--model", job.model, "--weights", str(override["weights"]),
+                     "--allow-unverified"]
+        except KeyError:
+            spec = zoo.get(job.model)
+            argv += ["--prototxt", str(zoo.prototxt_path(job.model)),
+                     "--weights", str(override["weights"]), "--score-blob", spec.score_blob,
+                     "--input-blob", spec.input_blob,
+                     "--protocol", json.dumps(override["protocol"])]
+    else:
+        argv += ["--model", job.model]
+    if gpu is not None:
+        argv += ["--gpu", str(gpu)]
+    return argv
+
+
+def run_job(job, store_path, data_dirs, weights_dir, limit=None, progress=True, gpu=None,
+            override=None):
     """Run one job through the runner (resumable); returns the ids it covered.
 
     Raises run.UsageError with the runner's message for anything it rejects.
@@ -449,13 +486,9 @@ def run_job(job, store_path, data_dirs, weights_dir, limit=None, progress=True, 
     from caffe_attacks import run
     from caffe_attacks.store import ResultsStore
 
-    argv = ["--model", job.model, "--dataset", job.dataset,
-            "--data-dir", data_dir_for(job.dataset, data_dirs), "--split", job.split,
-            "--weights-dir", str(weights_dir), "--out", str(store_path)]
+    argv = _runner_argv(job, data_dirs, weights_dir, override, gpu) + ["--out", str(store_path)]
     if limit:
         argv += ["--limit", str(limit)]
-    if gpu is not None:
-        argv += ["--gpu", str(gpu)]
     args = run.build_parser().parse_args(argv)
     args.quiet = not progress
     dataset = run.open_data(args)
@@ -465,7 +498,8 @@ def run_job(job, store_path, data_dirs, weights_dir, limit=None, progress=True, 
         raise run.UsageError("%s predicts %d classes but the %s dataset has %d"
                              % (job.model, rm.num_classes, job.dataset, dataset.num_classes))
     ids = list(dataset.ids[:limit] if limit else dataset.ids)
-    base = {"model": rm.name, "weights_md5": rm.weights_md5, "dataset": job.dataset,
+    # the job's name, also when the net came from an overridden prototxt/weights pair
+    base = {"model": job.model, "weights_md5": rm.weights_md5, "dataset": job.dataset,
             "split": job.split, "protocol": rm.protocol.to_dict(), "engine": args.engine,
             "score_blob": getattr(rm.model, "score_blob", None)}
     with ResultsStore(store_path) as store:
@@ -482,8 +516,10 @@ class EnsureReport:
 
 
 def ensure(defn, store_path, data_dirs=None, weights_dir="weights", limit=None,
-           progress=True, gpu=None, examples_dir=None):
+           progress=True, gpu=None, examples_dir=None, overrides=None):
     """Run whatever `defn` needs that the store lacks; never raises for missing inputs.
+
+    overrides: {model: {"weights": path, "protocol": input block}} (see check_job).
 
     A definition with a "runner" (a caffe_attacks module with
     ``run_experiment(defn, context)``) is handed to it instead; context is a
@@ -507,7 +543,9 @@ def ensure(defn, store_path, data_dirs=None, weights_dir="weights", limit=None,
         jobs = plan(queries_of(defn))
     seen = set()
     for job in jobs:
-        missing = [m for m in check_job(job, data_dirs, weights_dir) if m.what not in seen]
+        override = (overrides or {}).get(job.model)
+        missing = [m for m in check_job(job, data_dirs, weights_dir, override)
+                   if m.what not in seen]
         if missing:
             seen.update(m.what for m in missing)
             report.missing.extend(missing)
@@ -515,9 +553,9 @@ def ensure(defn, store_path, data_dirs=None, weights_dir="weights", limit=None,
         try:
             if defn["kind"] in ("perturbation", "qualitative_grid"):
                 save_examples(defn, job, examples_dir or default_examples_dir(store_path),
-                              data_dirs, weights_dir, gpu=gpu)
+                              data_dirs, weights_dir, gpu=gpu, override=override)
             else:
-                run_job(job, store_path, data_dirs, weights_dir, limit, progress, gpu)
+                run_job(job, store_path, data_dirs, weights_dir, limit, progress, gpu, override)
             report.ran.append(job.describe())
         except run.UsageError as e:
             report.failed.append((job.describe(), str(e)))
@@ -560,7 +598,7 @@ def example_path(examples_dir, exp_id, model):
     return os.path.join(examples_dir, exp_id, "%s.npz" % model)
 
 
-def save_examples(defn, job, examples_dir, data_dirs, weights_dir, gpu=None):
+def save_examples(defn, job, examples_dir, data_dirs, weights_dir, gpu=None, override=None):
     """Attack one image (defn 'image_index', default 0) and save what the figures show.
 
     Writes <examples_dir>/<id>/<model>.npz with image_rgb (H, W, 3) uint8,
@@ -578,12 +616,7 @@ def save_examples(defn, job, examples_dir, data_dirs, weights_dir, gpu=None):
     path = example_path(examples_dir, defn["id"], job.model)
     if os.path.exists(path):
         return path
-    argv = ["--model", job.model, "--dataset", job.dataset,
-            "--data-dir", data_dir_for(job.dataset, data_dirs), "--split", job.split,
-            "--weights-dir", str(weights_dir)]
-    if gpu is not None:
-        argv += ["--gpu", str(gpu)]
-    args = run.build_parser().parse_args(argv)
+    args = run.build_parser().parse_args(_runner_argv(job, data_dirs, weights_dir, override, gpu))
     args.quiet = True
     dataset = run.open_data(args)
     rm = run.resolve_model(args)

@@ -112,18 +112,22 @@ def _eps_axis(ax, eps):
 
 
 def render_iou_ratio_curves(defn, store, out_dir, experiments_dir=EXPERIMENTS_DIR, **_):
+    """Panels per attack, a line per model (Figs. A4, A5); "panels": "models" swaps them."""
     plt = _plt()
     eps = [float(e) for e in defn["eps"] if e]
-    attacks = defn["attacks"]
     labels = defn.get("labels", {})
-    fig, axes = plt.subplots(1, len(attacks), figsize=(4.2 * len(attacks), 3.6), squeeze=False)
+    by_model = defn.get("panels") == "models"
+    outer, inner = (defn["models"], defn["attacks"]) if by_model else \
+        (defn["attacks"], defn["models"])
+    fig, axes = plt.subplots(1, len(outer), figsize=(4.2 * len(outer), 3.6), squeeze=False)
     colors = plt.get_cmap("tab10")
     shown = 0
-    for ax, attack in zip(axes[0], attacks):
-        for i, model in enumerate(defn["models"]):
+    for ax, p in zip(axes[0], outer):
+        for i, q in enumerate(inner):
+            model, attack = (p, q) if by_model else (q, p)
             base = {"model": model, "dataset": defn["dataset"], "split": defn.get("split", "val")}
             ours, n = ratio_curve(store, base, attack, eps)
-            label = labels.get(model, model)
+            label = PAPER_NAMES.get(q, q) if by_model else labels.get(model, model)
             if np.isfinite(ours).any():
                 ax.plot(eps, ours, "o-", color=colors(i % 10), ms=3,
                         label="%s (n=%d)" % (label, n))
@@ -137,7 +141,7 @@ def render_iou_ratio_curves(defn, store, out_dir, experiments_dir=EXPERIMENTS_DI
         _eps_axis(ax, eps)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("IoU Ratio")
-        ax.set_title(PAPER_NAMES.get(attack, attack))
+        ax.set_title(labels.get(p, p) if by_model else PAPER_NAMES.get(p, p))
         ax.grid(alpha=0.3)
     handles, names = axes[0][0].get_legend_handles_labels()
     if handles:
@@ -188,6 +192,7 @@ def render_perturbation(defn, store, out_dir, examples_dir=None, **_):
             ax.set_title(t, fontsize=8)
             ax.axis("off")
     fig.suptitle(defn.get("title", defn["id"]), fontsize=10)
+    fig.tight_layout()
     return _save(fig, out_dir, defn["id"])
 
 
