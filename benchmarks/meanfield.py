@@ -5,15 +5,17 @@
 Both run the same mean-field: the same unary, image, kernel parameters
 (the public CRF-RNN's theta_alpha 160, theta_beta 3, theta_gamma 3, weights
 5 and 3, Potts) and normalisation (pydensecrf NORMALIZE_AFTER = crfasrnn's
-1 / (K 1 + 1e-20)).  Timed, best of --repeats:
+1 / (K 1 + 1e-20)).  Timed:
 
 - pydensecrf2: lattice construction (addPairwiseEnergy) + inference(T)
 - ours, forward: a fresh layer state (both lattices built) + T iterations
 - ours, forward in an attack loop: the spatial lattice is cached, the
   bilateral one rebuilt because the image changed
 - ours, forward + backward
-with and without numba when it is installed.  Also prints the largest
-difference of the marginals, as a sanity check.
+with the lattice in numba and in numpy/scipy (softmax and the pairwise
+update use numba in both when it is installed).  All timings are taken
+interleaved, best of --repeats, so that machine load hits them alike.
+Also prints the largest difference of the marginals, as a sanity check.
 """
 import argparse
 import time
@@ -41,15 +43,6 @@ def make_input(size, classes, seed=0):
     unary = np.repeat(np.repeat(coarse, 16, axis=1), 16, axis=2)[:, :size, :size]
     unary = (unary + rng.normal(scale=0.5, size=unary.shape)).astype(np.float32)[None]
     return image, unary
-
-
-def best_of(repeats, fn):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def run_pydensecrf(image, unary, params):
@@ -82,48 +75,55 @@ def main():
     print("input %dx%dx%d, %d iterations, best of %d"
           % (args.size, args.size, args.classes, args.iterations, args.repeats))
 
+    timers = {}   # name -> callable; all timed interleaved so that load hits them alike
     try:
         q_ref = run_pydensecrf(image, unary, params)
-        t_ref = best_of(args.repeats, lambda: run_pydensecrf(image, unary, params))
-        print("%-44s %7.3f s" % ("pydensecrf2 (lattices + inference)", t_ref))
+        timers["pydensecrf2 (lattices + inference)"] = lambda: run_pydensecrf(image, unary, params)
     except ImportError:
-        q_ref, t_ref = None, None
+        q_ref = None
         print("pydensecrf2 not installed: no reference time")
 
+    outputs = {}
     variants = [True, False] if lattice.numba is not None else [False]
     for use_numba in variants:
-        label = "numba" if use_numba else "numpy"
+        label = "lattice in numba" if use_numba else "lattice in numpy/scipy"
+        outputs[label] = MeanfieldInference(params, use_numba).forward(unary, unary, image, blobs)
+        looped = MeanfieldInference(params, use_numba)
+        cached = MeanfieldInference(params, use_numba)
+        looped.forward(unary, unary, image, blobs)
+        cached.forward(unary, unary, image, blobs)
+        cached.backward(grad)
+        shift = [0.0]
 
-        def cold():
+        def cold(use_numba=use_numba):
             return MeanfieldInference(params, use_numba).forward(unary, unary, image, blobs)
 
-        out = cold()   # also compiles numba's kernel outside the timing
-        t_cold = best_of(args.repeats, cold)
-        looped = MeanfieldInference(params, use_numba)
-        looped.forward(unary, unary, image, blobs)
-        step = [0.0]
+        def attack_step(looped=looped, shift=shift):
+            shift[0] += 1.0   # a new image each call, as in an iterative attack
+            return looped.forward(unary, unary, image + shift[0], blobs)
 
-        def attack_step():
-            step[0] += 1.0   # a new image each call, as in an iterative attack
-            return looped.forward(unary, unary, image + step[0], blobs)
+        def forward_backward(cached=cached):
+            cached.forward(unary, unary, image, blobs)
+            return cached.backward(grad)
 
-        t_loop = best_of(args.repeats, attack_step)
+        timers["forward, fresh (%s)" % label] = cold
+        timers["forward, attack loop (%s)" % label] = attack_step
+        timers["forward + backward, cached (%s)" % label] = forward_backward
 
-        def forward_backward():
-            looped.forward(unary, unary, image, blobs)
-            return looped.backward(grad)
-
-        forward_backward()
-        t_fb = best_of(args.repeats, forward_backward)
-        rows = [("forward, fresh (%s)" % label, t_cold),
-                ("forward, attack loop (%s)" % label, t_loop),
-                ("forward + backward, cached lattices (%s)" % label, t_fb)]
-        for name, t in rows:
-            ratio = "" if t_ref is None else "  ratio to pydensecrf2 %.2fx" % (t / t_ref)
-            print("%-44s %7.3f s%s" % (name, t, ratio))
-        if q_ref is not None:
+    best = dict.fromkeys(timers, np.inf)
+    for _ in range(args.repeats):
+        for name, fn in timers.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    t_ref = best.get("pydensecrf2 (lattices + inference)")
+    for name, t in best.items():
+        ratio = "" if t_ref is None else "  ratio to pydensecrf2 %.2fx" % (t / t_ref)
+        print("%-58s %7.3f s%s" % (name, t, ratio))
+    if q_ref is not None:
+        for label, out in outputs.items():
             ours = softmax_rows(out[0].reshape(args.classes, -1).T).T
-            print("  max |marginal difference| vs pydensecrf2 (%s): %.2e"
+            print("max |marginal difference| vs pydensecrf2 (%s): %.2e"
                   % (label, np.abs(ours - q_ref).max()))
 
 
