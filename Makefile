@@ -70,3 +70,44 @@ verify-weights: setup
 ## fetch-weights: download public caffemodels (NAMES="a b" for a subset)
 fetch-weights: setup
 	$(PY) -m caffe_attacks.weights fetch --dir $(WEIGHTS_DIR) $(NAMES)
+
+# --- Experiments: the supplementary's tables and figures, and the demo ---
+# LIMIT=N: first N images only (the outputs say partial); VOC_DIR / CITYSCAPES_DIR:
+# the datasets; WEIGHTS_DIR: the caffemodels; RESULTS: where the store and outputs go;
+# NO_RUN=1: render from the store only.
+LIMIT ?=
+VOC_DIR ?=
+CITYSCAPES_DIR ?=
+RESULTS ?= results
+DEMO_LIMIT ?= 20
+NO_RUN ?=
+EXPERIMENT_ARGS = --results $(RESULTS) --weights-dir $(WEIGHTS_DIR) \
+	$(if $(LIMIT),--limit $(LIMIT)) $(if $(VOC_DIR),--voc-dir $(VOC_DIR)) \
+	$(if $(CITYSCAPES_DIR),--cityscapes-dir $(CITYSCAPES_DIR)) $(if $(NO_RUN),--no-run)
+.PHONY: demo train-tiny tables figures experiments-list
+
+## demo: attack the embedded tiny_synthetic model (no downloads); results/demo/
+demo: setup
+	$(PY) -m caffe_attacks.demo --limit $(DEMO_LIMIT)
+
+## train-tiny: retrain the embedded default model (caffe_attacks/data/tiny_synthetic.caffemodel)
+train-tiny: setup
+	$(PY) -m caffe_attacks.train_tiny
+
+## table-A5 (A1..A18): run what the store lacks, then write results/tables/table_A5.{md,csv,tex}
+table-A%: setup
+	$(PY) -m caffe_attacks.experiments table A$* $(EXPERIMENT_ARGS)
+
+## figure-A4 (A1..A14): run what the store lacks, then write results/figures/fig_A4.{png,pdf}
+figure-A%: setup
+	$(PY) -m caffe_attacks.experiments figure A$* $(EXPERIMENT_ARGS)
+
+## tables / figures: every table / figure (continues past missing inputs, lists them)
+tables: setup
+	$(PY) -m caffe_attacks.experiments table all $(EXPERIMENT_ARGS)
+
+figures: setup
+	$(PY) -m caffe_attacks.experiments figure all $(EXPERIMENT_ARGS)
+
+experiments-list: setup
+	$(PY) -m caffe_attacks.experiments list
