@@ -299,6 +299,13 @@ def test_fused_kernels_match_numpy():
     a1, a2 = rng.normal(size=(7, 7)), rng.normal(size=(7, 7))
     np.testing.assert_allclose(meanfield.pairwise_update(u, s, a1, b, a2),
                                u - s @ a1.T - b @ a2.T, rtol=1e-10, atol=1e-12)
+    ds, db, g_s, g_b = meanfield.message_backward(u, s, b, a1, a2)
+    for got, want in zip((ds, db, g_s, g_b), (-u @ a1, -u @ a2, u.T @ s, u.T @ b)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    q = meanfield.softmax_rows(x)
+    jacobian_product = np.einsum("pk,pkc->pc", s, np.einsum("pc,kc->pkc", q, np.eye(7))
+                                 - np.einsum("pk,pc->pkc", q, q))
+    np.testing.assert_allclose(meanfield.softmax_backward(q, s), jacobian_product, rtol=1e-10, atol=1e-12)
 
 
 @requires_caffe

@@ -183,6 +183,57 @@ if numba is not None:
         return out
 
 
+    @numba.njit(cache=True, nogil=True, fastmath=True)
+    def _message_backward_numba(g, s, b, mu_ws, mu_wb):
+        pixels, channels = g.shape
+        ds = np.zeros_like(g)
+        db = np.zeros_like(g)
+        g_s = np.zeros((channels, channels))
+        g_b = np.zeros((channels, channels))
+        for i in range(pixels):
+            for c in range(channels):
+                gc = g[i, c]
+                for k in range(channels):
+                    ds[i, k] -= gc * mu_ws[c, k]
+                    db[i, k] -= gc * mu_wb[c, k]
+                    g_s[c, k] += gc * s[i, k]
+                    g_b[c, k] += gc * b[i, k]
+        return ds, db, g_s, g_b
+
+    @numba.njit(cache=True, nogil=True)
+    def _softmax_backward_numba(q, dq):
+        out = np.empty_like(q)
+        for i in range(q.shape[0]):
+            dot = 0.0
+            for k in range(q.shape[1]):
+                dot += dq[i, k] * q[i, k]
+            for k in range(q.shape[1]):
+                out[i, k] = q[i, k] * (dq[i, k] - dot)
+        return out
+
+
+def message_backward(g, s, b, mu_ws, mu_wb):
+    """Backward of ``out = u - s mu_ws^T - b mu_wb^T`` given g = dL/dout (P, C).
+
+    Returns
+    -------
+    ds, db : (P, C), dL/ds = -g mu_ws and dL/db = -g mu_wb
+    g_s, g_b : (C, C) float64, g^T s and g^T b (the blob gradients follow
+        from these: see MeanfieldInference.backward)
+    """
+    if numba is not None and g.dtype in (np.float32, np.float64):
+        return _message_backward_numba(np.ascontiguousarray(g), s, b,
+                                       np.ascontiguousarray(mu_ws), np.ascontiguousarray(mu_wb))
+    return (-g @ mu_ws, -g @ mu_wb, (g.T @ s).astype(np.float64), (g.T @ b).astype(np.float64))
+
+
+def softmax_backward(q, dq):
+    """dL/dx of q = softmax_rows(x) given dq = dL/dq, both (P, C)."""
+    if numba is not None and q.dtype in (np.float32, np.float64):
+        return _softmax_backward_numba(q, np.ascontiguousarray(dq, dtype=q.dtype))
+    return q * (dq - (dq * q).sum(axis=1, keepdims=True))
+
+
 def pairwise_update(u, s, mu_ws, b, mu_wb):
     """``u - s mu_ws^T - b mu_wb^T`` for (P, C) arrays and (C, C) matrices.
 
@@ -295,25 +346,33 @@ class MeanfieldInference:
             raise RuntimeError("backward before forward")
         tape, (ws, wb, mu), shape = self._tape
         num, channels, height, width = shape
-        top_diff = np.asarray(top_diff, dtype=ws.dtype)
-        d_unary = np.zeros(shape, dtype=ws.dtype)
-        d_q0 = np.zeros(shape, dtype=ws.dtype)
-        d_ws, d_wb, d_mu = (np.zeros_like(ws) for _ in range(3))
+        dtype = ws.dtype
+        top_diff = np.asarray(top_diff, dtype=dtype)
+        mu_ws, mu_wb = mu @ ws, mu @ wb
+        d_unary = np.zeros(shape, dtype=dtype)
+        d_q0 = np.zeros(shape, dtype=dtype)
+        # out_t = U - mu (W_s S_t + W_b B_t); with g = dL/dout_t, G_s = g^T S_t, G_b = g^T B_t:
+        # dmu = -(G_s W_s^T + G_b W_b^T), dW_s = -mu^T G_s, dW_b = -mu^T G_b.
+        g_s_total = np.zeros((channels, channels))
+        g_b_total = np.zeros((channels, channels))
+        d_mu = np.zeros((channels, channels))
         for n, (spatial, bilateral, steps) in enumerate(tape):
-            g = top_diff[n].reshape(channels, -1).T
+            g = np.ascontiguousarray(top_diff[n].reshape(channels, -1).T)
             du = np.zeros_like(g)
             for q, s, b in reversed(steps):
-                du += g                                   # out_t = U - mu M_t
-                d_pairwise = -g
-                d_mu += d_pairwise.T @ (s @ ws.T + b @ wb.T)
-                d_msg = d_pairwise @ mu
-                d_ws += d_msg.T @ s
-                d_wb += d_msg.T @ b
-                dq = (spatial.apply_transpose(d_msg @ ws)
-                      + bilateral.apply_transpose(d_msg @ wb))
-                g = q * (dq - (dq * q).sum(axis=1, keepdims=True))   # softmax backward
+                du += g
+                ds, db, g_s, g_b = message_backward(g, s, b, mu_ws, mu_wb)
+                g_s_total += g_s
+                g_b_total += g_b
+                d_mu -= g_s @ ws.T + g_b @ wb.T
+                dq = spatial.apply_transpose(ds)
+                dq += bilateral.apply_transpose(db)
+                g = softmax_backward(q, dq)
             d_unary[n] = du.T.reshape(channels, height, width)
             d_q0[n] = g.T.reshape(channels, height, width)
+        d_ws = (-mu.T @ g_s_total).astype(dtype)
+        d_wb = (-mu.T @ g_b_total).astype(dtype)
+        d_mu = d_mu.astype(dtype)
         return d_unary, d_q0, [d_ws, d_wb, d_mu]
 
 
