@@ -155,8 +155,8 @@ class CaffeGraph(torch.nn.Module):
             for i, layer in enumerate(keep):
                 for blob in layer.bottoms:
                     last_use[blob] = i
-            drop = [[b for b in layer.bottoms if last_use[b] == i and b not in outputs
-                     and b not in layer.tops] for i, layer in enumerate(keep)]
+            drop = [[b for b in dict.fromkeys(layer.bottoms) if last_use[b] == i
+                     and b not in outputs and b not in layer.tops] for i, layer in enumerate(keep)]
             self._plans[outputs] = (keep, drop)
         return self._plans[outputs]
 
