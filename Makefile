@@ -79,7 +79,7 @@ LIMIT ?=
 VOC_DIR ?=
 CITYSCAPES_DIR ?=
 RESULTS ?= results
-DEMO_LIMIT ?= 20
+DEMO_LIMIT ?= 12
 NO_RUN ?=
 EXPERIMENT_ARGS = --results $(RESULTS) --weights-dir $(WEIGHTS_DIR) \
 	$(if $(LIMIT),--limit $(LIMIT)) $(if $(VOC_DIR),--voc-dir $(VOC_DIR)) \

@@ -513,6 +513,7 @@ class EnsureReport:
     missing: list = field(default_factory=list)    # Missing entries
     failed: list = field(default_factory=list)     # (job description, message)
     notes: list = field(default_factory=list)      # cells another tool produces
+    ids: dict = field(default_factory=dict)        # (model, dataset, split) -> ids run
 
 
 def ensure(defn, store_path, data_dirs=None, weights_dir="weights", limit=None,
@@ -555,7 +556,8 @@ def ensure(defn, store_path, data_dirs=None, weights_dir="weights", limit=None,
                 save_examples(defn, job, examples_dir or default_examples_dir(store_path),
                               data_dirs, weights_dir, gpu=gpu, override=override)
             else:
-                run_job(job, store_path, data_dirs, weights_dir, limit, progress, gpu, override)
+                report.ids[(job.model, job.dataset, job.split)] = run_job(
+                    job, store_path, data_dirs, weights_dir, limit, progress, gpu, override)
             report.ran.append(job.describe())
         except run.UsageError as e:
             report.failed.append((job.describe(), str(e)))

@@ -48,12 +48,13 @@ def _save(fig, out_dir, name):
 # --------------------------------------------------------------------------
 # Numbers from the store
 # --------------------------------------------------------------------------
-def ratio_curve(store, base_query, attack, eps_list, clean_query=None):
+def ratio_curve(store, base_query, attack, eps_list, clean_query=None, ids=None):
     """IoU Ratio of one model under one attack at each eps (nan where not stored).
 
     Every point is computed over the images that the clean configuration and
     all found attacked configurations share, as the tables do.
     base_query: the model's fields (model, dataset, split, and e.g. a variant)
+    ids: restrict to these image ids (None: all stored)
     Returns (ratios (len(eps),) float, n_images int).
     """
     keys = [find_config(store, dict(base_query, attack=attack, eps=float(e))) if store else None
@@ -64,6 +65,8 @@ def ratio_curve(store, base_query, attack, eps_list, clean_query=None):
     if not found or clean is None:
         return np.full(len(eps_list), np.nan), 0
     common = set(store.summary(clean)["ids"])
+    if ids is not None:
+        common &= set(ids)
     for k in found:
         common &= set(store.summary(k)["ids"])
     if not common:
@@ -111,7 +114,8 @@ def _eps_axis(ax, eps):
     ax.set_xlabel("eps (l_inf, 0..255)")
 
 
-def render_iou_ratio_curves(defn, store, out_dir, experiments_dir=EXPERIMENTS_DIR, **_):
+def render_iou_ratio_curves(defn, store, out_dir, experiments_dir=EXPERIMENTS_DIR, ids=None,
+                            **_):
     """Panels per attack, a line per model (Figs. A4, A5); "panels": "models" swaps them."""
     plt = _plt()
     eps = [float(e) for e in defn["eps"] if e]
@@ -126,7 +130,7 @@ def render_iou_ratio_curves(defn, store, out_dir, experiments_dir=EXPERIMENTS_DI
         for i, q in enumerate(inner):
             model, attack = (p, q) if by_model else (q, p)
             base = {"model": model, "dataset": defn["dataset"], "split": defn.get("split", "val")}
-            ours, n = ratio_curve(store, base, attack, eps)
+            ours, n = ratio_curve(store, base, attack, eps, ids=ids)
             label = PAPER_NAMES.get(q, q) if by_model else labels.get(model, model)
             if np.isfinite(ours).any():
                 ax.plot(eps, ours, "o-", color=colors(i % 10), ms=3,
@@ -418,10 +422,14 @@ RENDERERS = {
 }
 
 
-def render(defn, store, out_dir, examples_dir=None, experiments_dir=EXPERIMENTS_DIR):
-    """Render one figure definition; returns the written paths (PNG, PDF)."""
+def render(defn, store, out_dir, examples_dir=None, experiments_dir=EXPERIMENTS_DIR, ids=None):
+    """Render one figure definition; returns the written paths (PNG, PDF).
+
+    ids: image ids to summarise over (IoU-ratio curves; None: all stored).
+    """
     try:
         fn = RENDERERS[defn["kind"]]
     except KeyError:
         raise ExperimentError("no figure renderer for kind %r" % defn["kind"]) from None
-    return fn(defn, store, out_dir, examples_dir=examples_dir, experiments_dir=experiments_dir)
+    return fn(defn, store, out_dir, examples_dir=examples_dir, experiments_dir=experiments_dir,
+              ids=ids)

@@ -59,11 +59,12 @@ class Table:
         return any(v.paper is not None for row in self.values for v in row)
 
 
-def build(defn, store, limit=None):
+def build(defn, store, limit=None, ids=None):
     """A Table of definition `defn` from `store` (a ResultsStore, or None: paper only).
 
     limit: the LIMIT the table was asked for; it marks the table partial even
     where the full split size is unknown.
+    ids: summarise over these image ids only (e.g. the images one run covered).
     """
     if defn["kind"] == "params":
         return _build_params(defn)
@@ -96,6 +97,8 @@ def build(defn, store, limit=None):
         for (model, dataset, split), items in groups.items():
             id_sets = [set(store.summary(k)["ids"]) for _, k in items]
             common = set.intersection(*id_sets)
+            if ids is not None:
+                common &= set(ids)
             if not common:
                 notes.append("%s: its columns share no image; not shown" % label)
                 continue
