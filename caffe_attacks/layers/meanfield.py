@@ -184,21 +184,36 @@ if numba is not None:
 
 
     @numba.njit(cache=True, nogil=True, fastmath=True)
-    def _message_backward_numba(g, s, b, mu_ws, mu_wb):
-        pixels, channels = g.shape
-        ds = np.zeros_like(g)
-        db = np.zeros_like(g)
-        g_s = np.zeros((channels, channels))
-        g_b = np.zeros((channels, channels))
-        for i in range(pixels):
-            for c in range(channels):
+    def _rows_times_matrix_numba(g, m):
+        """-g m for (P, C) g and (C, C) m."""
+        out = np.zeros_like(g)
+        for i in range(g.shape[0]):
+            for c in range(g.shape[1]):
                 gc = g[i, c]
-                for k in range(channels):
-                    ds[i, k] -= gc * mu_ws[c, k]
-                    db[i, k] -= gc * mu_wb[c, k]
-                    g_s[c, k] += gc * s[i, k]
-                    g_b[c, k] += gc * b[i, k]
-        return ds, db, g_s, g_b
+                for k in range(g.shape[1]):
+                    out[i, k] -= gc * m[c, k]
+        return out
+
+    @numba.njit(cache=True, nogil=True, fastmath=True)
+    def _outer_sum_numba(g, s):
+        """g^T s for (P, C) arrays, summed in g's dtype over blocks of pixels and
+        then in float64 (vectorisable, without round-off growing with P)."""
+        pixels, channels = g.shape
+        total = np.zeros((channels, channels))
+        block = np.zeros((channels, channels), dtype=g.dtype)
+        for start in range(0, pixels, 512):
+            block[:] = 0
+            for i in range(start, min(start + 512, pixels)):
+                for c in range(channels):
+                    gc = g[i, c]
+                    for k in range(channels):
+                        block[c, k] += gc * s[i, k]
+            total += block
+        return total
+
+    def _message_backward_numba(g, s, b, mu_ws, mu_wb):
+        return (_rows_times_matrix_numba(g, mu_ws), _rows_times_matrix_numba(g, mu_wb),
+                _outer_sum_numba(g, s), _outer_sum_numba(g, b))
 
     @numba.njit(cache=True, nogil=True)
     def _softmax_backward_numba(q, dq):
@@ -223,7 +238,8 @@ def message_backward(g, s, b, mu_ws, mu_wb):
     """
     if numba is not None and g.dtype in (np.float32, np.float64):
         return _message_backward_numba(np.ascontiguousarray(g), s, b,
-                                       np.ascontiguousarray(mu_ws), np.ascontiguousarray(mu_wb))
+                                       np.ascontiguousarray(mu_ws, dtype=g.dtype),
+                                       np.ascontiguousarray(mu_wb, dtype=g.dtype))
     return (-g @ mu_ws, -g @ mu_wb, (g.T @ s).astype(np.float64), (g.T @ b).astype(np.float64))
 
 
