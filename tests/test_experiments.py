@@ -62,8 +62,9 @@ def test_eps_zero_columns_agree_with_the_clean_tables(tables, clean_tables, colu
             assert row["paper"][0] == clean[row["model"]], (t, row["label"])
 
 
-@pytest.mark.parametrize("iterative,single", [("table_A7", "table_A5"), ("table_A8", "table_A6"),
-                                              ("table_A11", "table_A9"), ("table_A12", "table_A10")])
+@pytest.mark.parametrize("iterative,single", [
+    ("table_A7", "table_A5"), ("table_A8", "table_A6"),
+    ("table_A11", "table_A9"), ("table_A12", "table_A10")])
 def test_iterative_tables_equal_single_step_below_eps_one(iterative, single):
     """With alpha = 1, eps < 1 means one iteration: the paper's values coincide there."""
     a, b = E.load(iterative), E.load(single)

@@ -155,7 +155,8 @@ def test_transfer_matrix_adapter_cells(tmp_path):
             "metric": "iou_ratio", "attacks": ["fgsm", "ifgsm_ll"], "eps": 8,
             "sources": ["n@0.5", "n@1"], "targets": ["n@0.5", "n@1"],
             "column_labels": ["50%", "100%"], "row_labels": ["half", "full"],
-            "paper": {"iou_ratio_percent": {"fgsm": [[1, 2], [3, 4]], "ifgsm_ll": [[5, 6], [7, 8]]}}}
+            "paper": {"iou_ratio_percent": {"fgsm": [[1, 2], [3, 4]],
+                                            "ifgsm_ll": [[5, 6], [7, 8]]}}}
     (tmp_path / "table_X15.json").write_text(json.dumps(defn))
     d = E.load("table_X15", tmp_path)
     rows, cols, cells = E.table_cells(d)
