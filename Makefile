@@ -30,6 +30,9 @@ venv:
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	@$(PY) -m pip install --quiet -r requirements.txt
+	@# The official Cityscapes label table, for a test; its declared dependencies
+	@# (a Python-2 typing backport among them) are not needed for labels.py.
+	@$(PY) -m pip install --quiet --no-deps cityscapesscripts==2.3.0
 	@$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 
 caffe:

@@ -5,3 +5,18 @@ import pytest
 
 HAVE_CAFFE = importlib.util.find_spec("caffe") is not None
 requires_caffe = pytest.mark.skipif(not HAVE_CAFFE, reason="pycaffe not built (run `make setup`)")
+
+
+def _shared_dir():
+    """The read-only reference data beside the checkout (../shared), if any."""
+    from pathlib import Path
+    here = Path(__file__).resolve().parents[1]
+    for candidate in (here.parent / "shared", Path("/work/shared")):
+        if candidate.is_dir():
+            return candidate
+    return here.parent / "shared"
+
+
+SHARED = _shared_dir()
+REFERENCE_PROTOTXT = SHARED / "reference" / "prototxt"   # original deploys (data)
+SUPPLEMENTARY = SHARED / "seed" / "supplementary.txt"     # the paper's tables

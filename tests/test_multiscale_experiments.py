@@ -15,7 +15,7 @@ from caffe_attacks.attacks import ATTACKS, PAPER_EPS
 from caffe_attacks.zoo.multiscale import parse_member
 
 ROOT = Path(__file__).resolve().parents[1]
-SEED = Path("/work/shared/seed/supplementary.txt")
+from tests.conftest import SUPPLEMENTARY as SEED  # noqa: E402
 TABLES = ["table_A13", "table_A14", "table_A15", "table_A16", "table_A17", "table_A18"]
 FIGURES = ["fig_A6", "fig_A7", "fig_A8"]
 KINDS = ("multiscale_clean", "transfer_matrix", "transfer_curves")

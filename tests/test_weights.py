@@ -22,7 +22,7 @@ from caffe_attacks.weights.__main__ import main as cli
 from caffe_attacks.weights.checksum import hash_file, matches_truncated
 from caffe_attacks.weights.manifest import REPO_ROOT, ManifestError, validate
 
-SEED = Path("/work/shared/seed/supplementary.txt")
+from tests.conftest import SUPPLEMENTARY as SEED  # noqa: E402
 DESIGN = REPO_ROOT / "docs" / "DESIGN.md"
 
 

@@ -18,7 +18,7 @@ from caffe_attacks import zoo
 from caffe_attacks.zoo import conformance, shapes
 from tests.conftest import requires_caffe
 
-REFERENCE = Path("/work/shared/reference/prototxt")
+from tests.conftest import REFERENCE_PROTOTXT as REFERENCE  # noqa: E402
 OURS = ("fcn8s_vgg_voc", "fcn8s_vgg_voc_authors", "fcn8s_vgg_cityscapes", "fcn8s_resnet101_voc",
         "dilated_frontend_voc", "dilated_context_voc", "dilated_frontend_cityscapes",
         "dilated_context_cityscapes", "deeplabv2_vgg16_voc", "deeplabv2_resnet101_voc",

@@ -34,7 +34,7 @@ from caffe_attacks.zoo import conformance, enet, icnet, pspnet
 from caffe_attacks.zoo.shapes import infer, param_count, parse_prototxt
 from tests.conftest import requires_caffe
 
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference" / "prototxt"
+from tests.conftest import REFERENCE_PROTOTXT as REFERENCE_DIR  # noqa: E402
 REFERENCES = {
     "pspnet101_voc": "pspnet101_voc2012_473.deploy.prototxt",
     "pspnet101_cityscapes": "pspnet101_cityscapes_713.deploy.prototxt",
