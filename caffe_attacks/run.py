@@ -315,6 +315,26 @@ def write_summaries(rows, prefix, meta):
         w.writerows(rows)
 
 
+def prepare(args, model_name=None):
+    """Dataset, model, image ids and the base record config for parsed `args`.
+
+    model_name: the name records carry (default: --model, or the prototxt path).
+    """
+    dataset = open_data(args)
+    set_blas_threads(args.blas_threads)
+    rm = resolve_model(args)
+    rm.palette = dataset.palette
+    if dataset.num_classes != rm.num_classes:
+        raise UsageError("%s predicts %d classes but the %s dataset has %d"
+                         % (model_name or rm.name, rm.num_classes, args.dataset,
+                            dataset.num_classes))
+    ids = list(dataset.ids[:args.limit] if args.limit else dataset.ids)
+    base = {"model": model_name or rm.name, "weights_md5": rm.weights_md5,
+            "dataset": args.dataset, "split": args.split, "protocol": rm.protocol.to_dict(),
+            "engine": args.engine, "score_blob": getattr(rm.model, "score_blob", None)}
+    return dataset, rm, ids, base
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m caffe_attacks.run",
@@ -379,17 +399,7 @@ def main(argv=None):
             raise UsageError("bad --eps: %s" % e) from None
         if args.limit is not None and args.limit <= 0:
             raise UsageError("--limit must be positive")
-        dataset = open_data(args)
-        set_blas_threads(args.blas_threads)
-        rm = resolve_model(args)
-        rm.palette = dataset.palette
-        if dataset.num_classes != rm.num_classes:
-            raise UsageError("the model predicts %d classes but the %s dataset has %d"
-                             % (rm.num_classes, args.dataset, dataset.num_classes))
-        ids = list(dataset.ids[:args.limit] if args.limit else dataset.ids)
-        base = {"model": rm.name, "weights_md5": rm.weights_md5, "dataset": args.dataset,
-                "split": args.split, "protocol": rm.protocol.to_dict(), "engine": args.engine,
-                "score_blob": getattr(rm.model, "score_blob", None)}
+        dataset, rm, ids, base = prepare(args)
         prefix = args.summary or (args.out[:-3] if args.out.endswith(".h5") else args.out)
         with ResultsStore(args.out) as store:
             rows = run(rm, dataset, store, base, args.attack, eps_list, args, ids,
