@@ -384,21 +384,44 @@ def build_parser():
     return p
 
 
+def validated_eps_and_limit(args):
+    """The --eps list, checked, after checking --limit (UsageError on bad values)."""
+    if args.limit is not None and args.limit <= 0:
+        raise UsageError("--limit must be positive")
+    try:
+        return validate_eps(args.eps)
+    except ValueError as e:
+        raise UsageError("bad --eps: %s" % e) from None
+
+
+def cli(body):
+    """Run a CLI body: one 'error: ...' line and exit 2 for bad input, 130 on Ctrl-C."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from caffe_attacks.datasets import DatasetError
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print("\ninterrupted; finished images are saved — run the same command to resume",
+              file=sys.stderr)
+        return 130
+    except (UsageError, FileNotFoundError, DatasetError, ValueError) as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 2
+    except KeyError as e:  # unknown names; the message is the first argument
+        print("error: %s" % (e.args[0] if e.args else e), file=sys.stderr)
+        return 2
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def body():
         if args.save_examples:
             try:
                 args.save_examples = (args.save_examples[0], int(args.save_examples[1]))
             except ValueError:
                 raise UsageError("--save-examples DIR K: K must be an integer") from None
-        try:
-            eps_list = validate_eps(args.eps)
-        except ValueError as e:
-            raise UsageError("bad --eps: %s" % e) from None
-        if args.limit is not None and args.limit <= 0:
-            raise UsageError("--limit must be positive")
+        eps_list = validated_eps_and_limit(args)
         dataset, rm, ids, base = prepare(args)
         prefix = args.summary or (args.out[:-3] if args.out.endswith(".h5") else args.out)
         with ResultsStore(args.out) as store:
@@ -415,19 +438,8 @@ def main(argv=None):
             print("skipped %d bad sample(s); see the warnings above" % len(meta["skipped"]))
         print("results: %s; summary: %s.json, %s.csv" % (args.out, prefix, prefix))
         return 0
-    except KeyboardInterrupt:
-        print("\ninterrupted; finished images are saved — run the same command to resume",
-              file=sys.stderr)
-        return 130
-    except (UsageError, FileNotFoundError) as e:
-        print("error: %s" % e, file=sys.stderr)
-        return 2
-    except Exception as e:  # a DatasetError or ValueError from the parts names its file
-        from caffe_attacks.datasets import DatasetError
-        if isinstance(e, (DatasetError, ValueError, KeyError)):
-            print("error: %s" % e, file=sys.stderr)
-            return 2
-        raise
+
+    return cli(body)
 
 
 if __name__ == "__main__":

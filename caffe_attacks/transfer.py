@@ -32,9 +32,10 @@ import time
 import numpy as np
 
 from caffe_attacks import __version__
-from caffe_attacks.attacks import ATTACKS, PAPER_EPS, ImageBox, get_attack, validate_eps
-from caffe_attacks.run import (ResolvedModel, UsageError, attack_options, evaluate_scores,
-                               format_table, open_data, write_summaries)
+from caffe_attacks.attacks import ATTACKS, PAPER_EPS, ImageBox, get_attack
+from caffe_attacks.run import (ResolvedModel, UsageError, attack_options, cli, evaluate_scores,
+                               format_table, open_data, validated_eps_and_limit,
+                               write_summaries)
 from caffe_attacks.store import Record, ResultsStore, config_key
 
 log = logging.getLogger("caffe_attacks.transfer")
@@ -382,14 +383,9 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        try:
-            eps_list = validate_eps(args.eps)
-        except ValueError as e:
-            raise UsageError("bad --eps: %s" % e) from None
-        if args.limit is not None and args.limit <= 0:
-            raise UsageError("--limit must be positive")
+
+    def body():
+        eps_list = validated_eps_and_limit(args)
         dataset = open_data(args)
         source = resolve_endpoint(args.source, args, args.source_weights)
         targets = [resolve_endpoint(t, args, args.target_weights) for t in args.target]
@@ -412,19 +408,8 @@ def main(argv=None):
             print(format_table(rs))
         print("results: %s; summary: %s.json, %s.csv" % (args.out, prefix, prefix))
         return 0
-    except KeyboardInterrupt:
-        print("\ninterrupted; finished images are saved — run the same command to resume",
-              file=sys.stderr)
-        return 130
-    except (UsageError, FileNotFoundError) as e:
-        print("error: %s" % e, file=sys.stderr)
-        return 2
-    except Exception as e:  # a DatasetError or ValueError from the parts names its file
-        from caffe_attacks.datasets import DatasetError
-        if isinstance(e, (DatasetError, ValueError, KeyError)):
-            print("error: %s" % e, file=sys.stderr)
-            return 2
-        raise
+
+    return cli(body)
 
 
 if __name__ == "__main__":
