@@ -93,6 +93,8 @@ def main(argv=None):
     p.add_argument("--out", default=OUT_DIR)
     p.add_argument("--weights", default=None,
                    help="a tiny_synthetic caffemodel to use instead of the embedded one")
+    p.add_argument("--blas-threads", type=int, default=1,
+                   help="OpenBLAS threads for Caffe (default 1: fastest for the tiny net)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -101,6 +103,8 @@ def main(argv=None):
         return 2
     t0 = time.time()
     try:
+        from caffe_attacks.run import set_blas_threads
+        set_blas_threads(args.blas_threads)
         paths, reports, table = run_demo(args.data_dir, args.out, args.limit or None,
                                          args.weights, progress=not args.quiet)
     except KeyboardInterrupt:
