@@ -111,7 +111,10 @@ def main(argv=None):
         print("\ninterrupted; finished images are saved: run `make demo` again to resume",
               file=sys.stderr)
         return 130
-    except E.ExperimentError as e:
+    except Exception as e:
+        from caffe_attacks.run import UsageError
+        if not isinstance(e, (E.ExperimentError, UsageError)):
+            raise
         print("error: %s" % e, file=sys.stderr)
         return 2
     problems = [m.message for r in reports for m in r.missing] + \
