@@ -164,16 +164,27 @@ def _gpu_model(name, text, device, numerics, weights):
 
 
 def bench_gpu(args):
-    import torch
-    if not torch.cuda.is_available():
+    try:
+        import torch
+    except ImportError:
+        print("GPU benchmark NOT MEASURED: torch is not installed.")
+        return 0
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
         print("GPU benchmark NOT MEASURED: torch %s sees no CUDA device." % torch.__version__)
         return 0
     torch.backends.cudnn.benchmark = True
-    device = torch.device(args.device)
-    device_name = torch.cuda.get_device_name(device)
+    on_gpu = device.type == "cuda"
+    device_name = torch.cuda.get_device_name(device) if on_gpu else "cpu"
+
+    def sync():
+        if on_gpu:
+            torch.cuda.synchronize(device)
     print("device: %s; torch %s; batch %d; I-FGSM II eps %g (T = %d)"
           % (device_name, torch.__version__, args.batch, GPU_EPS, attacks.num_iterations(GPU_EPS)))
-    for name, hw in GPU_MODELS.items():
+    for item in args.models:
+        name, hw = item.split("@")
+        hw = tuple(int(v) for v in hw.split("x"))
         try:
             text = _definition(name, hw, args.prototxt_dir)
         except ImportError as err:
@@ -193,28 +204,28 @@ def bench_gpu(args):
                          else [args.numerics]):
             model = _gpu_model(name, text, args.device, numerics, weights)
             attacks.ifgsm_ll(model, x, GPU_EPS, iterations=1)   # warm-up, cudnn autotune
-            torch.cuda.synchronize(device)
+            sync()
             start = time.perf_counter()
             x_adv = attacks.ifgsm_ll(model, x, GPU_EPS)
-            torch.cuda.synchronize(device)
+            sync()
             elapsed = time.perf_counter() - start
             pred = model.forward(x_adv).argmax(1)
             # device-only forward + backward (no numpy round trip)
             xt = torch.from_numpy(x).to(device).requires_grad_(True)
             with model._numerics():
-                torch.cuda.synchronize(device)
+                sync()
                 t0 = time.perf_counter()
                 for _ in range(3):
                     s = model.graph({model.input_blob: xt}, [model.score_blob])[model.score_blob]
                     torch.autograd.grad(s, xt, torch.ones_like(s))
-                torch.cuda.synchronize(device)
+                sync()
                 device_iter = (time.perf_counter() - t0) / 3
             flops = 2 * flops_fwd * iterations * args.batch
             kind = "bf16" if numerics == "bf16" else ("tf32" if numerics == "tf32" else "fp32")
             peak = _peak(device_name, kind, args.peak_tflops)
             achieved = flops / elapsed / 1e12
             line = ("%-22s %-10s %-13s %7.2f img/s  attack %.2fs  device fwd+bwd %.3fs/batch  "
-                    "%.1f TFLOP/s" % (name, "%dx%d" % hw, numerics, args.batch / elapsed, elapsed,
+                    "%.3g TFLOP/s" % (name, "%dx%d" % hw, numerics, args.batch / elapsed, elapsed,
                                       device_iter, achieved))
             if peak:
                 line += "  %.1f%% of %s peak %.0f (device-only %.1f%%)" % (
@@ -229,7 +240,8 @@ def bench_gpu(args):
                     float(np.mean(pred == baseline)), metrics.mean_iou(cm))
             print(line, flush=True)
             del model
-            torch.cuda.empty_cache()
+            if on_gpu:
+                torch.cuda.empty_cache()
     return 0
 
 
@@ -259,7 +271,10 @@ def main(argv=None):
     p = sub.add_parser("write-prototxt")
     p.add_argument("--out", default=str(Path(__file__).parent / "prototxt"))
     p = sub.add_parser("gpu")
-    p.add_argument("--device", default="cuda")
+    p.add_argument("--device", default="cuda", help="cuda, cuda:N (cpu: a smoke run of this script)")
+    p.add_argument("--models", nargs="+", default=["%s@%dx%d" % ((n,) + hw)
+                                                   for n, hw in GPU_MODELS.items()],
+                   help="NAME@HxW entries")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--numerics", default="fp32", choices=("fp32", "tf32", "channels_last", "bf16"))
     p.add_argument("--compare-numerics", action="store_true")
