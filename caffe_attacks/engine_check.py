@@ -16,7 +16,6 @@ which isolates every other difference; the report gives both errors and the
 number of flipped units.
 """
 import math
-import time
 
 import numpy as np
 
@@ -34,8 +33,10 @@ SMALL_INPUTS = {
     "tiny_synthetic": (96, 128),
 }
 SMALL_INPUTS["deeplabv2_resnet101_msc_voc"] = SMALL_INPUTS["deeplabv2_resnet101_voc"]
+for _base in ("deeplabv2_vgg16_voc", "deeplabv2_resnet101_voc", "deeplabv2_resnet101_msc_voc"):
+    SMALL_INPUTS[_base + "+crf"] = SMALL_INPUTS[_base]
 WIDTH_MULT = {"fcn": 1 / 16, "deeplab": 1 / 16, "segnet": 1 / 16, "crfrnn": 1 / 16,
-              "dilated": 1 / 32, "multiscale": 1 / 16}
+              "dilated": 1 / 32, "multiscale": 1 / 16, "deeplab_crf": 1 / 16}
 
 
 def small_build_options(spec, reduced=True):
@@ -46,7 +47,7 @@ def small_build_options(spec, reduced=True):
     options = {}
     if reduced and spec.family in WIDTH_MULT:
         options["width_mult"] = WIDTH_MULT[spec.family]
-    if spec.family == "crfrnn":
+    if spec.family in ("crfrnn", "deeplab_crf"):
         options["num_iterations"] = 2
     return options
 

@@ -41,9 +41,23 @@ def design_zoo_names():
 
 
 def test_manifest_names_are_the_design_zoo_names(manifest):
-    names = set(manifest["models"]) - {"tiny_synthetic"}
+    # NAME+crf (zoo.deeplab_crf) are derived: a design net with the CRF appended
+    derived = {n for n in manifest["models"] if n.endswith("+crf")}
+    names = set(manifest["models"]) - {"tiny_synthetic"} - derived
     assert len(design_zoo_names()) == 17
     assert names == design_zoo_names()
+    assert {n[:-len("+crf")] for n in derived} <= names
+
+
+def test_crf_models_share_their_base_file_md5_and_protocol(manifest):
+    m = manifest["models"]
+    derived = [n for n in m if n.endswith("+crf")]
+    assert "deeplabv2_resnet101_msc_voc+crf" in derived
+    for name in derived:
+        base = m[name[:-len("+crf")]]
+        for key in ("caffemodel", "md5", "md5_truncated", "sha1", "input", "dataset",
+                    "num_classes", "public", "urls", "table_a4_mib", "table_a4_row"):
+            assert m[name].get(key) == base.get(key), (name, key)
 
 
 def test_manifest_agrees_with_the_zoo_registry(manifest):
@@ -129,6 +143,10 @@ def test_clean_iou_transcribed(manifest):
          a2["Deeplab v2 Multiscale ASPP (ResNet) [2]"], 1),
         ("deeplabv2_resnet101_msc_voc", "voc_val_crf",
          a2["Deeplab v2 Multiscale ASPP (ResNet) + CRF post-processing [2]"], 0),
+        ("deeplabv2_resnet101_msc_voc+crf", "voc_val",
+         a2["Deeplab v2 Multiscale ASPP (ResNet) + CRF post-processing [2]"], 0),
+        ("deeplabv2_resnet101_msc_voc+crf", "authors_voc_val",
+         a2["Deeplab v2 Multiscale ASPP (ResNet) + CRF post-processing [2]"], 1),
         ("pspnet101_voc", "voc_val", a2["PSPNet [14]"], 0),
         ("pspnet101_voc", "voc_test", a2["PSPNet [14] (test set)"], 0),
         ("pspnet101_voc", "authors_voc_test", a2["PSPNet [14] (test set)"], 1),

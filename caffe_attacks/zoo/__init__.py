@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 # Import order is listing order.
 FAMILIES = ("fcn", "dilated", "deeplab", "segnet", "crfrnn",
-            "pspnet", "icnet", "enet", "tiny", "multiscale")
+            "pspnet", "icnet", "enet", "tiny", "multiscale", "deeplab_crf")
 
 PROTOTXT_DIR = Path(__file__).resolve().parents[2] / "prototxt"
 
