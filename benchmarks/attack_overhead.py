@@ -6,10 +6,11 @@ candidates are interleaved and each figure is a median over rounds):
 1. time per Iterative-FGSM iteration / time per bare ``net.forward();
    net.backward()`` (goal <= 1.10);
 2. time of eight separate FGSM attacks (one per paper eps) / time of one
-   shared-gradient FGSM sweep over the same eight eps (goal >= 4).
+   shared-gradient FGSM sweep over the same eight eps (goal >= 4); and the
+   same with the evaluation forward of every adversarial input included.
 
 usage: .venv/bin/python benchmarks/attack_overhead.py [--model tiny_synthetic]
-       [--height 256 --width 320] [--rounds 5] [--iterations 10]
+       [--height 256 --width 320] [--rounds 5] [--iterations 10] [--blas-threads N]
 """
 import argparse
 import os
@@ -23,7 +24,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from caffe_attacks import zoo  # noqa: E402
 from caffe_attacks.attacks import PAPER_EPS, fgsm, ifgsm  # noqa: E402
-from caffe_attacks.caffe_net import CaffeNet  # noqa: E402
 
 
 def timed(fn):
@@ -39,7 +39,12 @@ def main(argv=None):
     p.add_argument("--width", type=int, default=320)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--blas-threads", type=int, default=None,
+                   help="OpenBLAS threads (set before Caffe loads); default: OpenBLAS's")
     args = p.parse_args(argv)
+    if args.blas_threads:
+        os.environ["OPENBLAS_NUM_THREADS"] = str(args.blas_threads)
+    from caffe_attacks.caffe_net import CaffeNet
 
     import tempfile
     spec = zoo.get(args.model)
@@ -77,14 +82,26 @@ def main(argv=None):
     def shared():
         fgsm(model, x, list(PAPER_EPS))
 
+    # The same, each adversarial input also evaluated (one forward), as a run does.
+    def separate_eval():
+        for e in PAPER_EPS:
+            model.forward(fgsm(model, x, e))
+
+    def shared_eval():
+        for x_adv in fgsm(model, x, list(PAPER_EPS)):
+            model.forward(x_adv)
+
     bare(), attack(), separate(), shared()   # warm up
-    t = {k: [] for k in ("bare", "attack", "fwd", "separate", "shared")}
+    t = {k: [] for k in ("bare", "attack", "fwd", "separate", "shared", "separate_eval",
+                         "shared_eval")}
     for _ in range(args.rounds):
         t["bare"].append(timed(bare))
         t["attack"].append(timed(attack))
         t["fwd"].append(timed(clean_forward))
         t["separate"].append(timed(separate))
         t["shared"].append(timed(shared))
+        t["separate_eval"].append(timed(separate_eval))
+        t["shared_eval"].append(timed(shared_eval))
     med = {k: statistics.median(v) for k, v in t.items()}
     per_iter_bare = med["bare"] / args.iterations
     per_iter_attack = (med["attack"] - med["fwd"]) / args.iterations
@@ -95,6 +112,8 @@ def main(argv=None):
     print("8 separate FGSM              %8.2f ms" % (1e3 * med["separate"]))
     print("shared-gradient FGSM sweep   %8.2f ms" % (1e3 * med["shared"]))
     print("speed-up of the shared sweep %8.2fx  (goal >= 4)" % (med["separate"] / med["shared"]))
+    print("  with evaluation forwards   %8.2fx  (8 x (2F+B) / (9F+B): bounded by the forwards)"
+          % (med["separate_eval"] / med["shared_eval"]))
     return 0
 
 
