@@ -4,20 +4,24 @@ Used by tests/test_torch_net.py and benchmarks/engines.py to compare the
 torch engine with pycaffe on the same definition.  Weights travel as
 ``{layer name: [arrays]}`` dicts and models are seen through the model
 protocol; torch and pycaffe (via caffe_net) are imported only inside
-``compare_zoo_model`` and ``caffe_relu_overrides``.
+``compare_zoo_model`` and ``caffe_choice_overrides``.
 
 Kinks: float32 engines that sum in different orders disagree by ~1e-6 of a
 layer's scale, so a ReLU input within that distance of 0 can be positive in
 one engine and negative in the other, and the gradient through that unit then
-differs by its whole value (Caffe's GradientChecker skips such points).  A
-deep net at a random input has a few such units, so the comparison also runs
-the torch engine with pycaffe's ReLU signs imposed (``caffe_relu_overrides``),
-which isolates every other difference; the report gives both errors and the
-number of flipped units.
+differs by its whole value (Caffe's GradientChecker skips such points); two
+near-equal values in a MAX pooling window likewise send the gradient to
+different inputs.  A deep net at a random input has a few such units, so the
+comparison also runs the torch engine with pycaffe's ReLU signs and pooling
+argmaxes imposed (``caffe_choice_overrides``), which isolates every other
+difference; the report gives both errors and the number of flipped choices.
 """
 import math
+import re
 
 import numpy as np
+
+from caffe_attacks.zoo import shapes
 
 # Small zoo inputs that every family's geometry accepts (as the zoo tests use),
 # and the width multipliers of the families whose generators take one.
@@ -35,6 +39,7 @@ SMALL_INPUTS = {
 SMALL_INPUTS["deeplabv2_resnet101_msc_voc"] = SMALL_INPUTS["deeplabv2_resnet101_voc"]
 for _base in ("deeplabv2_vgg16_voc", "deeplabv2_resnet101_voc", "deeplabv2_resnet101_msc_voc"):
     SMALL_INPUTS[_base + "+crf"] = SMALL_INPUTS[_base]
+SMALL_INPUTS["tiny_synthetic+crf"] = SMALL_INPUTS["tiny_synthetic"]
 WIDTH_MULT = {"fcn": 1 / 16, "deeplab": 1 / 16, "segnet": 1 / 16, "crfrnn": 1 / 16,
               "dilated": 1 / 32, "multiscale": 1 / 16, "deeplab_crf": 1 / 16}
 
@@ -45,8 +50,13 @@ def small_build_options(spec, reduced=True):
     spec : zoo.ModelSpec. Returns a dict for ``zoo.build(name, input_hw, **options)``.
     """
     options = {}
-    if reduced and spec.family in WIDTH_MULT:
-        options["width_mult"] = WIDTH_MULT[spec.family]
+    family = spec.family
+    if family == "deeplab_crf":     # options go to the base net's generator
+        from caffe_attacks import zoo
+        from caffe_attacks.zoo.deeplab_crf import base_of
+        family = zoo.get(base_of(spec.name)).family
+    if reduced and family in WIDTH_MULT:
+        options["width_mult"] = WIDTH_MULT[family]
     if spec.family in ("crfrnn", "deeplab_crf"):
         options["num_iterations"] = 2
     return options
@@ -126,8 +136,36 @@ def graph_param_shapes(torch_net):
             for layer in torch_net.graph.layers if layer.blob_ids]
 
 
-def caffe_relu_overrides(torch_net, blob_data):
-    """Replacement ops that give each ReLU/PReLU of `torch_net` pycaffe's signs.
+MASK_SUFFIX = "__caffe_mask"
+
+
+def with_pool_masks(text):
+    """The definition with a mask top on every single-top MAX Pooling layer.
+
+    pycaffe then exposes the argmax its MAX pooling chose (the values are
+    computed as before). Works on text as text_format writes it (name, type,
+    bottom, top in that order), as every generated zoo definition is.
+    """
+    for layer in shapes.parse_prototxt(text).get("layer", []):
+        pool = (layer.get("pooling_param") or [{}])[-1]
+        if (layer.get("type") != ["Pooling"] or len(layer.get("top", [])) != 1
+                or pool.get("pool", ["MAX"])[-1] not in ("MAX", 0)):
+            continue
+        name, top = layer["name"][-1], layer["top"][0]
+        pattern = r'(name: "%s"\s+type: "Pooling"(?:\s+bottom: "[^"]*")+\s+top: "%s")' % (
+            re.escape(name), re.escape(top))
+        text, count = re.subn(pattern, r'\1\n  top: "%s%s"' % (top, MASK_SUFFIX), text)
+        if count != 1:
+            raise ValueError("cannot add a mask top to pooling layer %r" % name)
+    return text
+
+
+def caffe_choice_overrides(torch_net, blob_data):
+    """Replacement ops that make `torch_net` take pycaffe's discrete choices.
+
+    Every ReLU/PReLU gets pycaffe's signs and every MAX Pooling pycaffe's
+    argmax (from a mask top, see with_pool_masks), so the two engines then
+    differ only by continuous rounding.
 
     Parameters
     ----------
@@ -137,37 +175,54 @@ def caffe_relu_overrides(torch_net, blob_data):
     Returns
     -------
     overrides : dict layer name -> op, for ``TorchNet.layer_overrides``
-    flips : int, units whose sign differs between the two engines' forwards
+    flips : dict "relu" / "pool" -> units where the engines' own forwards chose
+        differently (sign of a ReLU input; argmax of a pooling window)
     """
     import torch
     import torch.nn.functional as F
 
+    device, dtype = torch_net.device, torch_net._param_dtype
     layers = torch_net.graph.layers
-    chosen = {}
+    signs, argmaxes = {}, {}
     for i, layer in enumerate(layers):
-        if layer.type not in ("ReLU", "PReLU"):
-            continue
         top = layer.tops[0]
-        # pycaffe's blob holds the value after the last in-place layer on it
-        if any(top in later.tops and later.type != "Dropout" for later in layers[i + 1:]):
-            continue
-        chosen[layer.name] = (top, np.asarray(blob_data[top]) > 0)
-    tops = sorted({top for top, _ in chosen.values()})
+        if layer.type in ("ReLU", "PReLU"):
+            # pycaffe's blob holds the value after the last in-place layer on it
+            if not any(top in later.tops and later.type != "Dropout" for later in layers[i + 1:]):
+                signs[layer.name] = (layer, np.asarray(blob_data[top]) > 0)
+        elif layer.type == "Pooling":
+            mask = layer.tops[1] if len(layer.tops) > 1 else top + MASK_SUFFIX
+            if mask in blob_data:
+                argmaxes[layer.name] = (layer, np.asarray(blob_data[mask]).astype(np.int64))
+    wanted = sorted({l.tops[0] for l, _ in signs.values()}
+                    | {b for l, _ in argmaxes.values() for b in (l.bottoms[0], l.tops[0])})
     x = torch.from_numpy(np.asarray(blob_data[torch_net.input_blob], np.float32))
     with torch.no_grad():
-        ours = torch_net.graph({torch_net.input_blob: x.to(torch_net.device,
-                                                           torch_net._param_dtype)}, tops)
-    flips = sum(int(np.sum((ours[top].float().cpu().numpy() > 0) != mask))
-                for top, mask in chosen.values())
+        ours = {k: v.float().cpu() for k, v in
+                torch_net.graph({torch_net.input_blob: x.to(device, dtype)}, wanted).items()}
+    flips = {"relu": 0, "pool": 0}
+    for layer, positive in signs.values():
+        flips["relu"] += int(np.sum((ours[layer.tops[0]].numpy() > 0) != positive))
+    for layer, index in argmaxes.values():
+        chosen = ours[layer.bottoms[0]].flatten(2).gather(2, torch.from_numpy(index).flatten(2))
+        flips["pool"] += int((chosen.view(index.shape) != ours[layer.tops[0]]).sum())
 
-    def make(kind, mask):
-        mask = torch.from_numpy(mask).to(torch_net.device)
-        if kind == "ReLU":
-            return lambda bottoms, blobs: [bottoms[0] * mask]
-        return lambda bottoms, blobs: [torch.where(mask, bottoms[0],
+    def sign_op(layer, positive):
+        positive = torch.from_numpy(positive).to(device)
+        if layer.type == "ReLU":
+            return lambda bottoms, blobs: [bottoms[0] * positive]
+        return lambda bottoms, blobs: [torch.where(positive, bottoms[0],
                                                    F.prelu(bottoms[0], blobs[0]))]
-    overrides = {name: make(next(l.type for l in layers if l.name == name), mask)
-                 for name, (top, mask) in chosen.items()}
+
+    def argmax_op(layer, index):
+        index = torch.from_numpy(index).to(device)
+
+        def op(bottoms, blobs):
+            pooled = bottoms[0].flatten(2).gather(2, index.flatten(2)).view(index.shape)
+            return [pooled, index][:len(layer.tops)]
+        return op
+    overrides = {name: sign_op(*v) for name, v in signs.items()}
+    overrides.update({name: argmax_op(*v) for name, v in argmaxes.items()})
     return overrides, flips
 
 
@@ -184,8 +239,9 @@ def compare_zoo_model(name, input_hw=None, reduced=True, seed=0):
     Returns
     -------
     dict: "scores", "gradient" (relative errors, torch vs pycaffe),
-    "gradient_caffe_signs" (with pycaffe's ReLU signs imposed), "flips",
-    "argmax_agreement", "input_hw", "options"
+    "scores_caffe_choices", "gradient_caffe_choices" (the same with pycaffe's
+    ReLU signs and pooling argmaxes imposed), "flips" (dict, see
+    caffe_choice_overrides), "argmax_agreement", "input_hw", "options"
     """
     from caffe_attacks import zoo
     from caffe_attacks.caffe_net import CaffeNet
@@ -199,7 +255,8 @@ def compare_zoo_model(name, input_hw=None, reduced=True, seed=0):
     ours = TorchNet(text, input_blob=spec.input_blob, score_blob=spec.score_blob)
     params = random_params(graph_param_shapes(ours), rng)
     ours.set_params(params)
-    ref = CaffeNet(text, input_blob=spec.input_blob, score_blob=spec.score_blob)
+    ref = CaffeNet(with_pool_masks(text), input_blob=spec.input_blob,
+                   score_blob=spec.score_blob)
     for layer, arrays in params.items():   # in layer order, as set_params: shared blobs agree
         for blob, value in zip(ref.net.params[layer], arrays):
             blob.data[...] = value.reshape(blob.data.shape)
@@ -207,10 +264,11 @@ def compare_zoo_model(name, input_hw=None, reduced=True, seed=0):
     dscores = rng.normal(0, 1, ref.forward(x).shape).astype(np.float32)
     result = compare_models(ref, ours, x, dscores)
     ref.forward(x)
-    ours.layer_overrides, flips = caffe_relu_overrides(
+    ours.layer_overrides, flips = caffe_choice_overrides(
         ours, {b: ref.net.blobs[b].data for b in ref.net.blobs.keys()})
-    masked = compare_models(ref, ours, x, dscores)
+    imposed = compare_models(ref, ours, x, dscores)
     ours.layer_overrides = {}
-    result.update(gradient_caffe_signs=masked["gradient"], scores_caffe_signs=masked["scores"],
-                  flips=flips, input_hw=hw, options=options)
+    result.update(gradient_caffe_choices=imposed["gradient"],
+                  scores_caffe_choices=imposed["scores"], flips=flips, input_hw=hw,
+                  options=options)
     return result

@@ -54,6 +54,12 @@ FIGURE_KINDS = ("iou_ratio_curves", "perturbation", "qualitative_grid", "crf_swe
 ADAPTED_KINDS = ("multiscale_clean", "transfer_matrix")
 TRANSFER_HINT = ("produced by `python -m caffe_attacks.transfer` (see experiments/README.md, "
                  "Multiscale and transfer)")
+# Kinds whose runs are not plain runner jobs, and the module whose
+# run_experiment(defn, context) makes them (a definition's "runner" wins).
+KIND_RUNNERS = {"crf_sweep": "caffe_attacks.crf", "crf_confidence": "caffe_attacks.crf",
+                "crf_deeplab": "caffe_attacks.crf", "multiscale_clean": "caffe_attacks.transfer",
+                "transfer_matrix": "caffe_attacks.transfer",
+                "transfer_curves": "caffe_attacks.transfer"}
 
 
 class ExperimentError(Exception):
@@ -126,7 +132,9 @@ def normalize(defn):
     out = {"id": d["id"], "kind": "table", "title": "Table %s: %s" % (
         d["id"].split("_")[-1], d.get("caption", "")), "caption": d.get("caption", ""),
         "dataset": d["dataset"], "split": d.get("split", "val"), "metric": d.get("metric", "miou"),
-        "adapted_from": kind}
+        "adapted_from": kind, "original": copy.deepcopy(defn)}
+    if d.get("runner"):
+        out["runner"] = d["runner"]
     labels = d.get("row_labels") or d.get("models") or d.get("targets")
     if kind == "multiscale_clean":
         values = paper.get("miou_percent") or [None] * len(d["models"])
@@ -316,6 +324,9 @@ def config_matches(config, query):
     for marker in ("source", "variant", "crf"):
         if marker not in q and config.get(marker) is not None:
             return False
+    # a CRF variant is all its overrides: {theta_alpha: 1} is not {theta_alpha: 1, w2: 5}
+    if isinstance(q.get("crf"), dict) and set(config.get("crf") or {}) != set(q["crf"]):
+        return False
     return all(_values_match(config.get(k), v) for k, v in q.items())
 
 
@@ -478,9 +489,10 @@ def _runner_argv(job, data_dirs, weights_dir, override=None, gpu=None):
 
 
 def run_job(job, store_path, data_dirs, weights_dir, limit=None, progress=True, gpu=None,
-            override=None):
+            override=None, extra_argv=()):
     """Run one job through the runner (resumable); returns the ids it covered.
 
+    extra_argv: more runner options (e.g. ``["--crf", "theta_alpha=1"]``).
     Raises run.UsageError with the runner's message for anything it rejects.
     """
     from caffe_attacks import run
@@ -489,19 +501,10 @@ def run_job(job, store_path, data_dirs, weights_dir, limit=None, progress=True, 
     argv = _runner_argv(job, data_dirs, weights_dir, override, gpu) + ["--out", str(store_path)]
     if limit:
         argv += ["--limit", str(limit)]
-    args = run.build_parser().parse_args(argv)
+    args = run.build_parser().parse_args(argv + list(extra_argv))
     args.quiet = not progress
-    dataset = run.open_data(args)
-    rm = run.resolve_model(args)
-    rm.palette = dataset.palette
-    if dataset.num_classes != rm.num_classes:
-        raise run.UsageError("%s predicts %d classes but the %s dataset has %d"
-                             % (job.model, rm.num_classes, job.dataset, dataset.num_classes))
-    ids = list(dataset.ids[:limit] if limit else dataset.ids)
     # the job's name, also when the net came from an overridden prototxt/weights pair
-    base = {"model": job.model, "weights_md5": rm.weights_md5, "dataset": job.dataset,
-            "split": job.split, "protocol": rm.protocol.to_dict(), "engine": args.engine,
-            "score_blob": getattr(rm.model, "score_blob", None)}
+    dataset, rm, ids, base = run.prepare(args, model_name=job.model)
     with ResultsStore(store_path) as store:
         run.run(rm, dataset, store, base, job.attacks, job.eps, args, ids, progress=progress)
     return ids
@@ -516,30 +519,31 @@ class EnsureReport:
     ids: dict = field(default_factory=dict)        # (model, dataset, split) -> ids run
 
 
+def runner_of(defn):
+    """The module that makes a definition's runs, or None for the runner's own jobs."""
+    return defn.get("runner") or KIND_RUNNERS.get(defn.get("adapted_from") or defn["kind"])
+
+
 def ensure(defn, store_path, data_dirs=None, weights_dir="weights", limit=None,
-           progress=True, gpu=None, examples_dir=None, overrides=None):
+           progress=True, gpu=None, examples_dir=None, overrides=None, experiments_dir=None):
     """Run whatever `defn` needs that the store lacks; never raises for missing inputs.
 
     overrides: {model: {"weights": path, "protocol": input block}} (see check_job).
 
     A definition with a "runner" (a caffe_attacks module with
-    ``run_experiment(defn, context)``) is handed to it instead; context is a
-    dict with store_path, data_dirs, weights_dir, limit, progress, gpu.
+    ``run_experiment(defn, context)``), or of a kind in KIND_RUNNERS (the CRF
+    and multiscale/transfer experiments), is handed to it instead; context is
+    a dict with store_path, data_dirs, weights_dir, limit, progress, gpu,
+    experiments_dir.
     """
     from caffe_attacks import run
     report = EnsureReport()
-    if defn.get("runner"):
+    if runner_of(defn):
         return _delegate(defn, report, store_path=store_path, data_dirs=data_dirs or {},
-                         weights_dir=weights_dir, limit=limit, progress=progress, gpu=gpu)
+                         weights_dir=weights_dir, limit=limit, progress=progress, gpu=gpu,
+                         experiments_dir=experiments_dir or EXPERIMENTS_DIR)
     if defn["kind"] in ("perturbation", "qualitative_grid"):
         jobs = example_jobs(defn)
-    elif defn["kind"] == "transfer_curves" or defn.get("adapted_from"):
-        report.notes.append("%s: its cells are %s" % (defn["id"], TRANSFER_HINT))
-        jobs = plan(queries_of(defn))
-    elif defn["kind"] in ("crf_sweep", "crf_confidence", "crf_deeplab"):
-        report.notes.append("%s: its runs are made by the CRF experiments (see "
-                            "experiments/README.md)" % defn["id"])
-        jobs = []
     else:
         jobs = plan(queries_of(defn))
     seen = set()
@@ -565,7 +569,7 @@ def ensure(defn, store_path, data_dirs=None, weights_dir="weights", limit=None,
 
 
 def _delegate(defn, report, **context):
-    name = defn["runner"]
+    name = runner_of(defn)
     if not re.fullmatch(r"caffe_attacks(\.\w+)+", name):
         report.failed.append((defn["id"], "runner %r must be a caffe_attacks module" % name))
         return report
@@ -579,6 +583,7 @@ def _delegate(defn, report, **context):
         report.missing.append(m if isinstance(m, Missing) else Missing(str(m), str(m)))
     report.ran.extend(getattr(result, "ran", ()) or ())
     report.failed.extend(getattr(result, "failed", ()) or ())
+    report.notes.extend(getattr(result, "notes", ()) or ())
     return report
 
 
@@ -720,7 +725,8 @@ def _one(defn, args, data_dirs, store_path):
     if not args.no_run and args.what != "check":
         try:
             report = ensure(defn, store_path, data_dirs, args.weights_dir, args.limit,
-                            progress=not args.quiet, gpu=args.gpu)
+                            progress=not args.quiet, gpu=args.gpu,
+                            experiments_dir=args.experiments)
         except StoreLocked as e:
             print("error: %s" % e, file=sys.stderr)
             return 2

@@ -257,11 +257,18 @@ def _sweep_points(defn):
 
 
 def _crf_base(defn, overrides):
-    """Store query fields of a CRF variant: the public model itself at the baseline."""
+    """Store query fields of a CRF variant: the public model itself at the baseline.
+
+    A variant's records carry ``"crf"``: the overrides as given to the runner
+    (``run --crf KEY=VALUE``, caffe_attacks.crf.record_field), with
+    ``"w2_mode"`` beside a ``w2``.
+    """
     base = {"model": defn["model"], "dataset": defn["dataset"], "split": defn.get("split", "val")}
     baseline = defn.get("baseline", {})
     if overrides and any(baseline.get(k) != v for k, v in overrides.items()):
         base["crf"] = dict(overrides)
+        if "w2" in overrides:
+            base["crf"]["w2_mode"] = defn.get("w2_mode", "scale_learned")
     return base
 
 

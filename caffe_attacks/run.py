@@ -35,8 +35,10 @@ class UsageError(Exception):
 class ResolvedModel:
     """A model ready to attack, with what the records must say about it."""
 
-    def __init__(self, model, protocol, name, weights_path, weights_md5, verified, num_classes):
+    def __init__(self, model, protocol, name, weights_path, weights_md5, verified, num_classes,
+                 crf=None):
         self.model = model
+        self.crf = crf          # the record's "crf" field (caffe_attacks.crf), None: as defined
         self.protocol = protocol
         self.name = name
         self.weights_path = weights_path
@@ -57,6 +59,36 @@ def _load_engine(engine, prototxt, weights, gpu, input_blob, score_blob, device=
         return TorchNet(prototxt, weights, device=device or "cpu",
                         input_blob=input_blob, score_blob=score_blob)
     raise UsageError("unknown engine %r (caffe or torch)" % engine)
+
+
+def crf_overrides(args):
+    """(normalised --crf overrides, the record's "crf" field); ({}, None) without --crf."""
+    items = getattr(args, "crf", None)
+    if not items:
+        return {}, None
+    from caffe_attacks import crf
+    try:
+        overrides = crf.parse_overrides(items)
+    except crf.CrfError as e:
+        raise UsageError("bad --crf: %s" % e) from None
+    mode = getattr(args, "crf_w2_mode", "scale_learned")
+    return overrides, crf.record_field(overrides, mode)
+
+
+def _load_net(args, prototxt, weights, input_blob, score_blob):
+    """The engine's net; with --crf, its MultiStageMeanfield layers overridden."""
+    def load(definition):
+        return _load_engine(args.engine, definition, weights, args.gpu, input_blob, score_blob,
+                            args.device)
+    overrides, _ = crf_overrides(args)
+    if not overrides:
+        return load(prototxt)
+    from caffe_attacks import crf
+    try:
+        return crf.load_with_overrides(load, prototxt, overrides,
+                                       getattr(args, "crf_w2_mode", "scale_learned"))
+    except crf.CrfError as e:
+        raise UsageError("--crf: %s: %s" % (prototxt, e)) from None
 
 
 def set_blas_threads(n):
@@ -87,6 +119,7 @@ def resolve_model(args):
     from caffe_attacks import weights as W
     from caffe_attacks.preprocess import Protocol
 
+    crf_overrides(args)     # a bad --crf fails before any file is read
     if args.model:
         from caffe_attacks import zoo
         try:
@@ -108,11 +141,10 @@ def resolve_model(args):
                              % (wpath, check.md5, entry.get("md5"), args.model))
         protocol = _parse_protocol(args.protocol) if args.protocol else \
             Protocol.from_dict(entry["input"])
-        model = _load_engine(args.engine, prototxt, wpath, args.gpu,
-                             args.input_blob or spec.input_blob,
-                             args.score_blob or spec.score_blob, args.device)
+        model = _load_net(args, prototxt, wpath, args.input_blob or spec.input_blob,
+                          args.score_blob or spec.score_blob)
         return ResolvedModel(model, protocol, args.model, wpath, check.md5,
-                             check.verified, spec.num_classes)
+                             check.verified, spec.num_classes, crf=crf_overrides(args)[1])
 
     if not args.prototxt:
         raise UsageError("give --model NAME or --prototxt P [--weights W]")
@@ -123,10 +155,9 @@ def resolve_model(args):
         if not os.path.exists(args.weights):
             raise UsageError("weights not found: %s" % args.weights)
         md5 = W.md5_file(args.weights)
-    model = _load_engine(args.engine, args.prototxt, args.weights, args.gpu,
-                         args.input_blob, args.score_blob, args.device)
+    model = _load_net(args, args.prototxt, args.weights, args.input_blob, args.score_blob)
     return ResolvedModel(model, _parse_protocol(args.protocol), args.prototxt, args.weights,
-                         md5, False, model.num_classes)
+                         md5, False, model.num_classes, crf=crf_overrides(args)[1])
 
 
 def open_data(args):
@@ -332,6 +363,8 @@ def prepare(args, model_name=None):
     base = {"model": model_name or rm.name, "weights_md5": rm.weights_md5,
             "dataset": args.dataset, "split": args.split, "protocol": rm.protocol.to_dict(),
             "engine": args.engine, "score_blob": getattr(rm.model, "score_blob", None)}
+    if rm.crf:
+        base["crf"] = rm.crf
     return dataset, rm, ids, base
 
 
@@ -353,6 +386,17 @@ def build_parser():
     m.add_argument("--engine", default="caffe", choices=("caffe", "torch"))
     m.add_argument("--gpu", type=int, default=None, help="GPU id (CUDA builds of Caffe)")
     m.add_argument("--device", default=None, help="torch engine device: cpu, cuda, cuda:N")
+    m.add_argument("--crf", action="append", metavar="KEY=VALUE",
+                   help="override the net's MultiStageMeanfield (CRF) layer; repeatable. Keys: "
+                        "num_iterations, theta_alpha, theta_beta, theta_gamma, "
+                        "spatial_filter_weight, bilateral_filter_weight (weights: W = value x I "
+                        "after the weights load), w2 (the spatial kernel weight, see "
+                        "--crf-w2-mode); records carry \"crf\": {...}")
+    m.add_argument("--crf-w2-mode", default="scale_learned",
+                   choices=("scale_learned", "replace_diagonal"),
+                   help="w2 scales the loaded spatial kernel weights by w2 / the definition's "
+                        "spatial_filter_weight (default; 3 in crfrnn_voc and the +crf nets, so "
+                        "w2=3 is the model as published) or replaces them by w2 x I")
     m.add_argument("--blas-threads", type=int, default=None,
                    help="OpenBLAS threads for Caffe on the CPU (default: OpenBLAS's own); "
                         "1 is fastest for small nets and on a busy machine")
@@ -427,7 +471,8 @@ def main(argv=None):
         with ResultsStore(args.out) as store:
             rows = run(rm, dataset, store, base, args.attack, eps_list, args, ids,
                        progress=not args.quiet)
-        meta = {"version": __version__, "model": rm.name, "weights": rm.weights_path,
+        meta = {"version": __version__, "model": rm.name, "crf": rm.crf,
+                "weights": rm.weights_path,
                 "weights_md5": rm.weights_md5, "weights_verified": rm.verified,
                 "dataset": args.dataset, "data_dir": args.data_dir, "split": args.split,
                 "n_images": len(ids), "partial": args.limit is not None,

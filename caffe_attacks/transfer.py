@@ -336,6 +336,134 @@ def summarize(store, configs, ids):
 
 
 # --------------------------------------------------------------------------
+# Experiments: Tables A13-A18, Figures A6-A8 (and Figure A12's transfer panel)
+# --------------------------------------------------------------------------
+def experiment_runs(defn):
+    """The transfer runs a multiscale/transfer definition needs.
+
+    Parameters
+    ----------
+    defn : a multiscale_clean, transfer_matrix or transfer_curves definition
+        (raw, or normalised by experiments.normalize, which keeps it as "original")
+
+    Returns
+    -------
+    list of (source label or None, [target labels], attacks, eps): one run per
+    source, every target at once (its diagonal, source = target, is the
+    white-box cell); source None: clean records only.
+    """
+    d = defn.get("original", defn)
+    if d["kind"] == "multiscale_clean":
+        return [(None, list(d["models"]), [], [])]
+    eps = d["eps"] if isinstance(d["eps"], list) else [d["eps"]]
+    eps = [float(e) for e in eps if e]
+    if d["kind"] == "transfer_curves" and d.get("white_box_only"):
+        return [(t, [t], list(d["attacks"]), eps) for t in d["targets"]]
+    return [(s, list(d["targets"]), list(d["attacks"]), eps) for s in d["sources"]]
+
+
+def missing_inputs(labels, dataset, split, context):
+    """experiments.Missing entries for the nets ``labels`` on ``dataset`` (empty: can run)."""
+    from caffe_attacks import experiments as E
+    from caffe_attacks.zoo.multiscale import parse_member
+    out, seen = [], set()
+    for label in labels:
+        try:
+            zoo_name = parse_member(label).zoo_name
+        except ValueError as e:
+            out.append(E.Missing(label, str(e)))
+            continue
+        for m in E.check_job(E.Job(zoo_name, dataset, split), context.get("data_dirs"),
+                             context.get("weights_dir", "weights")):
+            if m.what not in seen:
+                seen.add(m.what)
+                out.append(m)
+    return out
+
+
+class ExperimentSession:
+    """Runs transfer jobs into one store for an experiment; nets are loaded once.
+
+    context: as experiments.ensure gives it (store_path, data_dirs,
+    weights_dir, limit, progress, gpu).
+    """
+
+    def __init__(self, dataset, split, context):
+        from caffe_attacks import experiments as E
+        self.context = context
+        argv = ["--source", "-", "--target", "-", "--dataset", dataset, "--data-dir",
+                str(E.data_dir_for(dataset, context.get("data_dirs"))), "--split", split,
+                "--weights-dir", str(context.get("weights_dir", "weights")),
+                "--out", str(context["store_path"])]
+        if context.get("gpu") is not None:
+            argv += ["--gpu", str(context["gpu"])]
+        self.args = build_parser().parse_args(argv)
+        self.args.quiet = not context.get("progress", True)
+        self.split = split
+        self.dataset = open_data(self.args)
+        limit = context.get("limit")
+        self.ids = list(self.dataset.ids[:limit] if limit else self.dataset.ids)
+        self._nets = {}
+
+    def net(self, label):
+        if label not in self._nets:
+            rm = resolve_endpoint(label, self.args)
+            if rm.num_classes != self.dataset.num_classes:
+                raise UsageError("%s predicts %d classes but the %s dataset has %d"
+                                 % (label, rm.num_classes, self.args.dataset,
+                                    self.dataset.num_classes))
+            self._nets[label] = rm
+        return self._nets[label]
+
+    def run(self, source, targets, attacks, eps):
+        """One transfer run (resumable); source None: the targets' clean records only."""
+        nets = [self.net(t) for t in targets]
+        src = self.net(source) if source else nets[0]
+        with ResultsStore(self.context["store_path"]) as store:
+            run_transfer(src, nets, self.dataset, store, list(attacks), list(eps), self.args,
+                         self.ids, split=self.split,
+                         progress=self.context.get("progress", True))
+
+
+def describe_run(source, targets, attacks, eps):
+    if source is None:
+        return "clean %s" % ", ".join(targets)
+    return "%s -> %s (%s at eps %s)" % (source, ", ".join(targets), ", ".join(attacks),
+                                         " ".join("%g" % e for e in eps))
+
+
+def run_experiment(defn, context):
+    """experiments.ensure's runner for multiscale_clean, transfer_matrix and transfer_curves.
+
+    Runs (resumably, into context["store_path"]) every transfer the definition
+    needs; returns an experiments.EnsureReport (missing weights or data are
+    listed there, nothing raises for them).
+    """
+    from caffe_attacks import experiments as E
+    report = E.EnsureReport()
+    d = defn.get("original", defn)
+    split = d.get("split", "val")
+    runs = experiment_runs(d)
+    labels = sorted({n for s, ts, _, _ in runs for n in ([s] if s else []) + ts})
+    report.missing = missing_inputs(labels, d["dataset"], split, context)
+    if report.missing:
+        return report
+    try:
+        session = ExperimentSession(d["dataset"], split, context)
+    except UsageError as e:
+        report.failed.append((d["id"], str(e)))
+        return report
+    for source, targets, attacks, eps in runs:
+        what = describe_run(source, targets, attacks, eps)
+        try:
+            session.run(source, targets, attacks, eps)
+            report.ran.append(what)
+        except UsageError as e:
+            report.failed.append((what, str(e)))
+    return report
+
+
+# --------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------
 def build_parser():

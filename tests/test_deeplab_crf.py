@@ -37,11 +37,13 @@ def test_definition_is_the_base_then_split_and_densecrf(name):
     pp = crf["python_param"][0]
     assert pp["layer"] == ["MultiStageMeanfield"]
     assert json.loads(pp["param_str"][0]) == deeplab_crf_layer()["params"]
+    assert "MultiStageMeanfield" in zoo.get(name).custom_layers
     assert crf["name"] != ["inference1"]   # CRF-RNN's blobs must never load here
     # the unary is at the data blob's size, as the layer needs
     inferred = {l.name: l for l in shapes.infer(shapes.parse_prototxt(
         zoo.prototxt_path(name).read_text()))}
-    assert inferred["splitting"].top_shapes[0] == (1, 21, 513, 513)
+    spec = zoo.get(name)
+    assert inferred["splitting"].top_shapes[0] == (1, spec.num_classes) + spec.reference_input
 
 
 @requires_caffe

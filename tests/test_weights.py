@@ -46,7 +46,7 @@ def test_manifest_names_are_the_design_zoo_names(manifest):
     names = set(manifest["models"]) - {"tiny_synthetic"} - derived
     assert len(design_zoo_names()) == 17
     assert names == design_zoo_names()
-    assert {n[:-len("+crf")] for n in derived} <= names
+    assert {n[:-len("+crf")] for n in derived} <= names | {"tiny_synthetic"}
 
 
 def test_crf_models_share_their_base_file_md5_and_protocol(manifest):
@@ -395,7 +395,8 @@ def test_cli_verify_real_manifest_empty_dir(tmp_path, capsys):
     assert cli(["verify", "--dir", str(tmp_path), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) >= 17 and "MISMATCH" not in {r["status"] for r in rows}
-    assert all(r["status"] == "missing" for r in rows if r["name"] != "tiny_synthetic")
+    embedded = ("tiny_synthetic", "tiny_synthetic+crf")     # one committed file
+    assert all(r["status"] == "missing" for r in rows if r["name"] not in embedded)
 
 
 # --- fetch against a local server ----------------------------------------------------------

@@ -1,5 +1,8 @@
 """DeepLab v2 + CRF (supplementary A5.3): a DeepLab net with ``MultiStageMeanfield`` appended.
 
+Also ``tiny_synthetic+crf``: the embedded default with the same CRF, so that
+the CRF experiments run end to end without downloads (tests, a quick look).
+
 The paper appends CRF-RNN's mean-field layer to DeepLab v2 with DeepLab's
 published DenseCRF settings, so that white-box gradients pass through the
 CRF. ``NAME+crf`` is the zoo model ``NAME`` followed by
@@ -25,6 +28,8 @@ BASES = {
     "deeplabv2_vgg16_voc+crf": ("deeplabv2_vgg16_voc", "fc8_interp"),
     "deeplabv2_resnet101_voc+crf": ("deeplabv2_resnet101_voc", "fc1_interp"),
     "deeplabv2_resnet101_msc_voc+crf": ("deeplabv2_resnet101_msc_voc", "fc1_interp"),
+    # the embedded default with the same CRF: the CRF experiments without downloads
+    "tiny_synthetic+crf": ("tiny_synthetic", "score"),
 }
 CRF_LAYER = "crf"          # not "inference1": no CRF-RNN blobs may land here
 SUFFIX = "+crf"
@@ -36,6 +41,8 @@ MODELS = [
               (513, 513), ("Interp", "MultiStageMeanfield"), None),
     ModelSpec("deeplabv2_resnet101_msc_voc+crf", "deeplab_crf", "voc", 21, "data", CRF_LAYER,
               (513, 513), ("Interp", "MultiStageMeanfield"), None),
+    ModelSpec("tiny_synthetic+crf", "deeplab_crf", "synthetic", 5, "data", CRF_LAYER,
+              (96, 128), ("MultiStageMeanfield",), None),
 ]
 
 
