@@ -92,7 +92,8 @@ def _pair(name, input_hw, seed=0):
     from caffe_attacks.caffe_net import CaffeNet
     from caffe_attacks.torch_net import TorchNet
     spec = zoo.get(name)
-    text = _definition(name, input_hw, **({"num_iterations": 10} if spec.family == "crfrnn" else {}))
+    options = {"num_iterations": 10} if spec.family == "crfrnn" else {}
+    text = _definition(name, input_hw, **options)
     ours = TorchNet(text, input_blob=spec.input_blob, score_blob=spec.score_blob)
     params = engine_check.random_params(engine_check.graph_param_shapes(ours),
                                         np.random.default_rng(seed))
@@ -246,16 +247,17 @@ def bench_gpu(args):
 
 
 def fidelity(args):
-    print("| model | input | width | scores | input gradient | gradient, pycaffe's ReLU signs "
-          "| ReLU units flipped |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | input | width | scores | input gradient | gradient, pycaffe's choices "
+          "| pycaffe vs float64 | ReLU signs flipped | pool argmaxes flipped |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in args.names or zoo.names():
         r = engine_check.compare_zoo_model(name, reduced=not args.full_width)
         width = r["options"].get("width_mult", 1.0)
-        print("| %s | %dx%d | %s | %.1e | %.1e | %.1e | %d |" % (
+        print("| %s | %dx%d | %s | %.1e | %.1e | %.1e | %.1e | %d | %d |" % (
             name, r["input_hw"][0], r["input_hw"][1],
-            "1/%d" % round(1 / width) if width < 1 else "full",
-            r["scores"], r["gradient"], r["gradient_caffe_signs"], r["flips"]), flush=True)
+            "1/%d" % round(1 / width) if width < 1 else "full", r["scores"], r["gradient"],
+            r["gradient_caffe_choices"], r["caffe_float32_error"], r["flips"]["relu"],
+            r["flips"]["pool"]), flush=True)
 
 
 def main(argv=None):
@@ -271,7 +273,8 @@ def main(argv=None):
     p = sub.add_parser("write-prototxt")
     p.add_argument("--out", default=str(Path(__file__).parent / "prototxt"))
     p = sub.add_parser("gpu")
-    p.add_argument("--device", default="cuda", help="cuda, cuda:N (cpu: a smoke run of this script)")
+    p.add_argument("--device", default="cuda",
+                   help="cuda, cuda:N (cpu: a smoke run of this script)")
     p.add_argument("--models", nargs="+", default=["%s@%dx%d" % ((n,) + hw)
                                                    for n, hw in GPU_MODELS.items()],
                    help="NAME@HxW entries")

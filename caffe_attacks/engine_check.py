@@ -240,8 +240,10 @@ def compare_zoo_model(name, input_hw=None, reduced=True, seed=0):
     -------
     dict: "scores", "gradient" (relative errors, torch vs pycaffe),
     "scores_caffe_choices", "gradient_caffe_choices" (the same with pycaffe's
-    ReLU signs and pooling argmaxes imposed), "flips" (dict, see
-    caffe_choice_overrides), "argmax_agreement", "input_hw", "options"
+    ReLU signs and pooling argmaxes imposed), "caffe_float32_error" (pycaffe's
+    input gradient against the torch engine's in float64 with the same
+    choices: how well float32 can do on this net and input), "flips" (dict,
+    see caffe_choice_overrides), "argmax_agreement", "input_hw", "options"
     """
     from caffe_attacks import zoo
     from caffe_attacks.caffe_net import CaffeNet
@@ -267,8 +269,14 @@ def compare_zoo_model(name, input_hw=None, reduced=True, seed=0):
     ours.layer_overrides, flips = caffe_choice_overrides(
         ours, {b: ref.net.blobs[b].data for b in ref.net.blobs.keys()})
     imposed = compare_models(ref, ours, x, dscores)
+    # pycaffe's own float32 error: against the same choices in float64
+    exact = TorchNet(text, input_blob=spec.input_blob, score_blob=spec.score_blob,
+                     precision="float64")
+    exact.set_params(params)
+    exact.layer_overrides = ours.layer_overrides
+    floor = relative_error(ref.input_gradient(x, dscores), exact.input_gradient(x, dscores))
     ours.layer_overrides = {}
     result.update(gradient_caffe_choices=imposed["gradient"],
-                  scores_caffe_choices=imposed["scores"], flips=flips, input_hw=hw,
-                  options=options)
+                  scores_caffe_choices=imposed["scores"], caffe_float32_error=floor,
+                  flips=flips, input_hw=hw, options=options)
     return result

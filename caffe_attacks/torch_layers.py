@@ -135,7 +135,8 @@ def _eltwise(layer):
     def op(bottoms, blobs):
         if operation == "SUM":
             if coeffs and len(coeffs) != len(bottoms):
-                raise ValueError("Eltwise has %d coeffs for %d bottoms" % (len(coeffs), len(bottoms)))
+                raise ValueError("Eltwise has %d coeffs for %d bottoms"
+                                 % (len(coeffs), len(bottoms)))
             terms = [x if not coeffs or coeffs[i] == 1 else x * coeffs[i]
                      for i, x in enumerate(bottoms)]
             out = terms[0]
@@ -415,9 +416,11 @@ def _fill(filler, shape, rng):
         return np.broadcast_to(kernel, shape).astype(np.float32)
     fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
     if kind == "gaussian":
-        return rng.normal(last(filler, "mean", 0.0), last(filler, "std", 1.0), shape).astype(np.float32)
+        value = rng.normal(last(filler, "mean", 0.0), last(filler, "std", 1.0), shape)
+        return value.astype(np.float32)
     if kind == "uniform":
-        return rng.uniform(last(filler, "min", 0.0), last(filler, "max", 1.0), shape).astype(np.float32)
+        value = rng.uniform(last(filler, "min", 0.0), last(filler, "max", 1.0), shape)
+        return value.astype(np.float32)
     if kind == "xavier":
         limit = math.sqrt(3.0 / fan_in)
         return rng.uniform(-limit, limit, shape).astype(np.float32)

@@ -27,12 +27,13 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Callable, List
 
 import numpy as np
 import torch
 
-from caffe_attacks.caffemodel_reader import (LoadReport, WeightShapeError, load_caffemodel_into,
+from caffe_attacks.caffemodel_reader import (WeightShapeError, load_caffemodel_into,
                                              shapes_compatible)
 from caffe_attacks.torch_layers import initial_blobs, last, make_op
 from caffe_attacks.zoo import shapes
@@ -110,7 +111,8 @@ class CaffeGraph(torch.nn.Module):
                 key = last(specs[i], "name") if i < len(specs) else None
                 if key and key in shared:
                     if tuple(self.blobs[shared[key]].shape) != value.shape:
-                        raise ValueError("layer %r shares param %r of another shape" % (info.name, key))
+                        raise ValueError("layer %r shares param %r of another shape"
+                                         % (info.name, key))
                     ids.append(shared[key])
                     continue
                 self.blobs.append(torch.nn.Parameter(torch.from_numpy(np.array(value)),
@@ -242,7 +244,8 @@ class TorchNet:
     def __init__(self, prototxt, weights=None, *, device="cpu", input_blob=None,
                  score_blob=None, precision="float32", channels_last=False, tf32=False, seed=0):
         if precision not in PRECISIONS:
-            raise ValueError("precision must be one of %s, got %r" % (", ".join(PRECISIONS), precision))
+            raise ValueError("precision must be one of %s, got %r"
+                             % (", ".join(PRECISIONS), precision))
         self.device = torch.device(device)
         self.precision = precision
         self.channels_last = bool(channels_last)
@@ -278,7 +281,8 @@ class TorchNet:
                     p.data = p.data.contiguous(memory_format=torch.channels_last)
 
     def _host_params(self):
-        arrays = {i: p.detach().cpu().float().numpy().copy() for i, p in enumerate(self.graph.blobs)}
+        arrays = {i: p.detach().cpu().float().numpy().copy()
+                  for i, p in enumerate(self.graph.blobs)}
         return arrays, {name: [_HostBlob(arrays[i]) for i in ids]
                         for name, ids in self.graph.param_layers.items()}
 
@@ -297,12 +301,8 @@ class TorchNet:
         if not os.path.exists(path):
             raise FileNotFoundError("weights file not found: %s" % path)
         arrays, params = self._host_params()
-
-        class _Net:   # the object load_caffemodel_into expects
-            pass
-        net = _Net()
-        net.params = params
-        self.load_report = load_caffemodel_into(net, path)
+        # load_caffemodel_into needs only a ``params`` mapping, as caffe.Net has
+        self.load_report = load_caffemodel_into(SimpleNamespace(params=params), path)
         self._write_back(arrays)
         log.info(self.load_report.summary())
         return self.load_report

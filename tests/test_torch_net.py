@@ -10,9 +10,10 @@ Tiers:
   caffemodel reader path; batches, precision and layout options.
 * torch + pycaffe: every zoo model at a small input with random weights,
   scores and input gradients to 1e-4 relative (engine_check.compare_zoo_model,
-  which also separates ReLU kink flips); weights from a Caffe-saved
+  which also separates ReLU-sign and pooling-argmax flips); weights from a Caffe-saved
   caffemodel; parameter sharing; FGSM and I-FGSM II mIoU on the synthetic set.
 """
+import json
 import math
 import os
 
@@ -291,7 +292,6 @@ layer { name: "cat" type: "Concat" bottom: "crop" bottom: "crop" top: "cat" }
 # ------------------------------------------------------- Python layers
 
 def _python(name, module, cls, params, bottoms, top=None):
-    import json
     return ('layer { name: "%s" type: "Python" %s top: "%s" python_param { module: "%s" '
             'layer: "%s" param_str: %s } }\n'
             % (name, " ".join('bottom: "%s"' % b for b in bottoms), top or name, module, cls,
@@ -381,12 +381,11 @@ def test_meanfield_equals_the_numpy_inference():
                 + _python("crf", "caffe_attacks.layers.meanfield", "MultiStageMeanfield",
                           params, ["u", "q0", "image"]))
     net = TorchNet(text, input_blob="unary")
+    parsed = meanfield.parse_meanfield_params(json.dumps(params))
     blobs = [b + rng.normal(0, 0.1, b.shape).astype(np.float32)
-             for b in meanfield.initial_blobs(3, meanfield.parse_meanfield_params(
-                 __import__("json").dumps(params)))]
+             for b in meanfield.initial_blobs(3, parsed)]
     net.set_params({"crf": blobs})
-    reference = meanfield.MeanfieldInference(meanfield.parse_meanfield_params(
-        __import__("json").dumps(params)))
+    reference = meanfield.MeanfieldInference(parsed)
     ut = torch.tensor(unary, requires_grad=True)
     y = net.graph({"unary": ut, "image": torch.from_numpy(image)}, ["crf"])["crf"]
     expected = reference.forward(unary, unary, image, blobs)
@@ -465,8 +464,9 @@ def test_precision_and_layout_options():
     rng = np.random.default_rng(3)
     x = rng.normal(0, 40, _random_tiny().input_shape).astype(np.float32)
     results = {}
-    for key, kwargs in {"f32": {}, "f64": dict(precision="float64"),
-                        "nhwc": dict(channels_last=True), "bf16": dict(precision="bfloat16")}.items():
+    options = {"f32": {}, "f64": dict(precision="float64"), "nhwc": dict(channels_last=True),
+               "bf16": dict(precision="bfloat16")}
+    for key, kwargs in options.items():
         net = _random_tiny(**kwargs)
         s = net.forward(x)
         results[key] = (s, net.input_gradient(x, np.ones_like(s)))
@@ -512,24 +512,18 @@ def test_run_cli_loads_the_torch_engine():
 
 # ----------------------------------------------------------- vs pycaffe
 
-# On CPU, oneDNN's float32 convolution backward is up to 5e-2 off (relative to the
-# largest entry) for smooth upstream gradients such as the CRF's on tiny_synthetic+crf;
-# pycaffe and the float64 torch engine agree to 2e-7 there, as does float32 torch
-# with torch.backends.mkldnn disabled.
-ONEDNN_SMOOTH_GRADIENT = pytest.mark.xfail(
-    reason="oneDNN float32 conv backward inaccuracy on smooth upstream gradients")
 FAST = [n for n in zoo.names() if not n.startswith("pspnet") and "msc" not in n]
 SLOW = [n for n in zoo.names() if n not in FAST]
-FAST = [pytest.param(n, marks=ONEDNN_SMOOTH_GRADIENT) if n == "tiny_synthetic+crf" else n
-        for n in FAST]
 
 
 def _check_against_caffe(name, reduced):
     r = engine_check.compare_zoo_model(name, reduced=reduced)
-    assert r["scores"] <= 1e-4 and r["scores_caffe_signs"] <= 1e-4, r
-    assert r["gradient_caffe_signs"] <= 1e-4, r
-    # without imposed signs only a ReLU kink flip may spoil the gradient
-    assert r["gradient"] <= 1e-4 or r["flips"] > 0, r
+    assert r["scores"] <= 1e-4 and r["scores_caffe_choices"] <= 1e-4, r
+    # 1e-4, or twice pycaffe's own float32 error where the net is that ill-conditioned
+    # (tiny_synthetic+crf: pycaffe is 4.6e-5 from float64, torch 5.3e-5)
+    assert r["gradient_caffe_choices"] <= max(1e-4, 2 * r["caffe_float32_error"]), r
+    # left to itself, only a flipped ReLU sign or pooling argmax may spoil the gradient
+    assert r["gradient"] <= 1e-4 or sum(r["flips"].values()) > 0, r
     assert r["argmax_agreement"] >= 0.999, r
 
 
