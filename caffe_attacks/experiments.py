@@ -580,7 +580,10 @@ def _delegate(defn, report, **context):
         return report
     result = module.run_experiment(defn, context)
     for m in getattr(result, "missing", ()) or ():
-        report.missing.append(m if isinstance(m, Missing) else Missing(str(m), str(m)))
+        # duck-typed: under `python -m caffe_attacks.experiments` this module is
+        # __main__, and a runner's Missing is caffe_attacks.experiments.Missing
+        report.missing.append(Missing(m.what, m.message) if hasattr(m, "message")
+                              else Missing(str(m), str(m)))
     report.ran.extend(getattr(result, "ran", ()) or ())
     report.failed.extend(getattr(result, "failed", ()) or ())
     report.notes.extend(getattr(result, "notes", ()) or ())

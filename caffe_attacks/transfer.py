@@ -375,10 +375,17 @@ def missing_inputs(labels, dataset, split, context):
             continue
         for m in E.check_job(E.Job(zoo_name, dataset, split), context.get("data_dirs"),
                              context.get("weights_dir", "weights")):
-            if m.what not in seen:
-                seen.add(m.what)
+            # nets that share a caffemodel (NAME and NAME+crf) name it once
+            key = _weights_file(zoo_name, context) if m.what.startswith("weights:") else m.what
+            if key not in seen:
+                seen.add(key)
                 out.append(m)
     return out
+
+
+def _weights_file(zoo_name, context):
+    from caffe_attacks import weights as W
+    return str(W.weights_file(W.model_entry(zoo_name), context.get("weights_dir", "weights")))
 
 
 class ExperimentSession:

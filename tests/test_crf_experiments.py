@@ -298,3 +298,23 @@ def test_transfer_tables_are_filled_with_the_runners_white_box_diagonal(data_dir
         row = [v.ours for v in matrix.values[0][:len(NETS)]]
         assert len(set(row)) == len(NETS)
     assert (results / "tables" / "table_T15.md").exists()
+
+
+@pytest.mark.parametrize("what, name, model", [("figure", "A12", "deeplabv2_resnet101_msc_voc"),
+                                               ("table", "A15", "deeplabv2_resnet101_msc_voc")])
+def test_make_target_without_weights_or_data_names_them_once(tmp_path, what, name, model):
+    """As `make figure-A12` runs it (the module is __main__): readable, deduplicated."""
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "caffe_attacks.experiments", what, name,
+                           "--results", str(tmp_path), "--weights-dir", str(tmp_path / "w"),
+                           "--quiet"], capture_output=True, text=True, timeout=120,
+                          cwd=str(E.REPO_ROOT))
+    assert proc.returncode == 2, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("missing")]
+    assert "Missing(" not in proc.stderr
+    # NAME and NAME+crf share one caffemodel: it is named once
+    assert sum("deeplabv2_resnet101_voc.caffemodel" in l for l in lines) == 1, lines
+    assert any("weights for %s not found" % model in l for l in lines)
+    assert any("VOC_DIR=" in l for l in lines)
+    assert "wrote" in proc.stdout
