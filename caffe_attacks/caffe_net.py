@@ -95,13 +95,18 @@ class CaffeNet:
     def load_weights(self, path, loader="tolerant"):
         if not os.path.exists(path):
             raise FileNotFoundError("weights file not found: %s" % path)
+        from caffe_attacks.caffemodel_reader import (batchnorm_shares, load_caffemodel_into,
+                                                     restore_batchnorm_sharing)
         if loader == "caffe":
             self.net.copy_from(str(path))
         elif loader == "tolerant":
-            from caffe_attacks.caffemodel_reader import load_caffemodel_into
             self.load_report = load_caffemodel_into(self.net, path)
         else:
             raise ValueError("unknown weights loader %r" % loader)
+        # Caffe dropped the declared sharing of BatchNorm statistics on load.
+        shares = batchnorm_shares((l.name, l.type, [p.name for p in l.param])
+                                  for l in self.param.layer)
+        restore_batchnorm_sharing(self.net.params, shares, self.load_report)
 
     def _producer(self, blob):
         """Name of the last layer whose top is `blob` (in-place layers included)."""

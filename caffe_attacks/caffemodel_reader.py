@@ -445,3 +445,41 @@ def load_caffemodel_into(net, path: Union[str, Path], *,
     for message in report.warnings[len(model.warnings):]:
         log.warning(message)
     return report
+
+
+def batchnorm_shares(layers):
+    """{copy layer: owner layer} for BatchNorm statistics declared shared.
+
+    Caffe's UpgradeNetBatchNorm clears the ``param`` specs of every BatchNorm
+    layer that declares exactly three, so a multiscale net's BatchNorm copies
+    silently get blobs of their own, which a single-scale caffemodel does not
+    fill. ``layers``: iterable of (name, type, [param names]) in net order.
+    """
+    owners, copies = {}, {}
+    for name, type_, param_names in layers:
+        if type_ != "BatchNorm" or len(param_names) != 3 or not all(param_names):
+            continue
+        key = tuple(param_names)
+        if key in owners:
+            copies[name] = owners[key]
+        else:
+            owners[key] = name
+    return copies
+
+
+def restore_batchnorm_sharing(params, shares, report=None):
+    """Copy owners' BatchNorm statistics into their copies (see batchnorm_shares).
+
+    params: mapping layer -> list of blobs with ``.data`` (a caffe.Net's params);
+    report: the LoadReport of the load just done; copies that the caffemodel
+    filled by their own name are left as loaded. Returns the copies filled.
+    """
+    missing = None if report is None else set(report.only_in_net)
+    filled = []
+    for copy, owner in shares.items():
+        if missing is not None and copy not in missing:
+            continue
+        for dst, src in zip(params[copy], params[owner]):
+            dst.data[...] = src.data
+        filled.append(copy)
+    return filled

@@ -33,7 +33,8 @@ from typing import Callable, List
 import numpy as np
 import torch
 
-from caffe_attacks.caffemodel_reader import (WeightShapeError, load_caffemodel_into,
+from caffe_attacks.caffemodel_reader import (WeightShapeError, batchnorm_shares,
+                                             load_caffemodel_into, restore_batchnorm_sharing,
                                              shapes_compatible)
 from caffe_attacks.torch_layers import initial_blobs, last, make_op
 from caffe_attacks.zoo import shapes
@@ -96,6 +97,7 @@ class CaffeGraph(torch.nn.Module):
         self.param_layers = {}
         self.layers = []
         shared = {}
+        self.batchnorm_specs = []
         rng = np.random.default_rng(seed)
         for layer, info in zip(net.get("layer", []), inferred):
             if info.type == "Input":
@@ -105,7 +107,10 @@ class CaffeGraph(torch.nn.Module):
             specs = layer.get("param", [])
             if info.type == "BatchNorm" and len(specs) == 3:
                 # Caffe's UpgradeNetBatchNorm clears exactly-three param specs
-                # on load, so such BatchNorm blobs are never shared by name
+                # on load, so such BatchNorm blobs are never shared by name;
+                # load_weights restores the declared sharing as CaffeNet does
+                self.batchnorm_specs.append(
+                    (info.name, info.type, [last(p, "name") for p in specs]))
                 specs = []
             for i, value in enumerate(initial_blobs(layer, info.type, info.param_shapes, rng)):
                 key = last(specs[i], "name") if i < len(specs) else None
@@ -303,6 +308,8 @@ class TorchNet:
         arrays, params = self._host_params()
         # load_caffemodel_into needs only a ``params`` mapping, as caffe.Net has
         self.load_report = load_caffemodel_into(SimpleNamespace(params=params), path)
+        restore_batchnorm_sharing(params, batchnorm_shares(self.graph.batchnorm_specs),
+                                  self.load_report)
         self._write_back(arrays)
         log.info(self.load_report.summary())
         return self.load_report

@@ -321,3 +321,65 @@ def test_reduced_width_deeplab_msc_loads_and_fuses_at_65():
     # shared: one blob in memory for conv1 and its copies
     model.net.params["conv1"][0].data[...] = 0.5
     assert np.all(model.net.params["conv1_res05"][0].data == 0.5)
+
+
+BN_NET = """
+layer { name: "input" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 16 dim: 16 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "bn_conv1" type: "BatchNorm" bottom: "conv1" top: "conv1"
+  batch_norm_param { use_global_stats: true }
+  param { lr_mult: 0 } param { lr_mult: 0 } param { lr_mult: 0 } }
+layer { name: "score" type: "Convolution" bottom: "conv1" top: "score"
+  convolution_param { num_output: 3 kernel_size: 1 } }
+"""
+
+
+def test_batchnorm_statistics_are_shared_after_loading_a_single_scale_model(tmp_path):
+    """Caffe clears 3-spec BatchNorm sharing on load; CaffeNet restores it from the owner."""
+    pytest.importorskip("caffe")
+    from caffe_attacks.caffe_net import CaffeNet
+    single = _net(BN_NET, "score")
+    rng = np.random.default_rng(0)
+    _randomize(single.net, rng)
+    single.net.params["bn_conv1"][1].data[...] = rng.uniform(0.5, 2.0, 4)   # variances
+    single.net.params["bn_conv1"][2].data[...] = 1.0                        # scale factor
+    weights = str(tmp_path / "single.caffemodel")
+    single.net.save(weights)
+
+    ms = M.wrap(BN_NET, "data", "score", fusion="max")
+    path = tmp_path / "ms.prototxt"
+    path.write_text(_text(ms))
+    model = CaffeNet(str(path), weights, score_blob=ms.score_blob)
+    copies = [n for n in model.net.params if n.startswith("bn_conv1") and n != "bn_conv1"]
+    assert copies, "the multiscale net has BatchNorm copies"
+    for name in copies:
+        for dst, src in zip(model.net.params[name], single.net.params["bn_conv1"]):
+            np.testing.assert_array_equal(dst.data, src.data)
+    # the 100% member equals the single-scale net
+    x = rng.normal(0, 30, (1, 3, 16, 16)).astype(np.float32)
+    one = M.wrap(BN_NET, "data", "score", scales=(1.0,), fusion="max")
+    path1 = tmp_path / "one.prototxt"
+    path1.write_text(_text(one))
+    np.testing.assert_allclose(CaffeNet(str(path1), weights, score_blob=one.score_blob).forward(x),
+                               single.forward(x), rtol=1e-5, atol=1e-5)
+
+
+def test_torch_engine_restores_the_same_batchnorm_sharing(tmp_path):
+    pytest.importorskip("caffe")
+    pytest.importorskip("torch")
+    from caffe_attacks.caffe_net import CaffeNet
+    from caffe_attacks.torch_net import TorchNet
+    single = _net(BN_NET, "score")
+    rng = np.random.default_rng(1)
+    _randomize(single.net, rng)
+    single.net.params["bn_conv1"][1].data[...] = rng.uniform(0.5, 2.0, 4)
+    single.net.params["bn_conv1"][2].data[...] = 1.0
+    weights = str(tmp_path / "single.caffemodel")
+    single.net.save(weights)
+    ms = M.wrap(BN_NET, "data", "score", fusion="avg")
+    text = _text(ms)
+    x = rng.normal(0, 30, (1, 3, 16, 16)).astype(np.float32)
+    ref = CaffeNet(text, weights, score_blob=ms.score_blob).forward(x)
+    ours = TorchNet(text, weights, input_blob="data", score_blob=ms.score_blob).forward(x)
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
