@@ -8,6 +8,7 @@ APT_PACKAGES := build-essential patchelf libboost-system-dev libboost-thread-dev
 	libprotobuf-dev protobuf-compiler libgoogle-glog-dev libgflags-dev \
 	libhdf5-dev libopenblas-dev
 PYTEST_ARGS ?=
+TORCH_WHEELS ?= /opt/wheels
 
 .PHONY: setup apt venv caffe test test-all clean-caffe clean
 
@@ -34,6 +35,12 @@ venv:
 	@# (a Python-2 typing backport among them) are not needed for labels.py.
 	@$(PY) -m pip install --quiet --no-deps cityscapesscripts==2.3.0
 	@$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@# The optional torch engine: only a CPU wheel that lies on local disk,
+	@# never a multi-GB CUDA download; without one its tests skip.
+	@$(PY) -c "import torch" 2>/dev/null || { \
+	  wheel=$$(ls $(TORCH_WHEELS)/torch-2.13.0+cpu-cp311-*.whl 2>/dev/null | head -n 1); \
+	  if [ -n "$$wheel" ]; then $(PY) -m pip install --quiet "$$wheel"; \
+	  else echo "[setup] no local torch CPU wheel in $(TORCH_WHEELS): the torch-engine tests will skip"; fi; }
 
 caffe:
 	@scripts/build_caffe.sh $(PY)
