@@ -142,32 +142,69 @@ def _iterate(model, x, e, direction, target_of, alpha, iterations, clip_to_image
     return x_adv
 
 
-def ifgsm(model, x, eps, *, alpha=1.0, iterations=None, clip_to_image=None):
+def _iterate_batched(model, x, eps_list, direction, target_of, alpha, iterations,
+                     clip_to_image, fixed):
+    """Every eps of a sweep as one batch: row i takes the steps of eps_list[i].
+
+    x: (1, 3, H, W). Rows whose schedule is finished leave the batch, so the
+    work equals the per-eps loop's; each row's gradient is that of its own
+    summed loss (the batch loss is a sum over rows), so the result is the
+    per-eps result.
+    """
+    eps = np.asarray(eps_list, np.float32)
+    steps = np.array([0 if e == 0 else (num_iterations(e) if iterations is None
+                                        else int(iterations)) for e in eps_list])
+    x_adv = np.repeat(x, len(eps_list), axis=0)
+    for t in range(int(steps.max(initial=0))):
+        rows = np.flatnonzero(steps > t)
+        xb = x_adv[rows]
+        scores = model.forward(xb)
+        target = np.repeat(fixed, len(rows), axis=0) if fixed is not None else target_of(scores)
+        g = loss_gradient(model, xb, target, scores)
+        x_adv[rows] = project(xb + direction * alpha * np.sign(g), x,
+                              eps[rows].reshape(-1, 1, 1, 1), clip_to_image)
+    return [x_adv[i:i + 1].copy() for i in range(len(eps_list))]
+
+
+def _sweep(model, x, eps_list, direction, target_of, alpha, iterations, clip_to_image,
+           fixed, batch_eps):
+    if batch_eps:
+        if x.shape[0] != 1:
+            raise ValueError("batch_eps needs a single image (x of shape (1, 3, H, W))")
+        return _iterate_batched(model, x, eps_list, direction, target_of, alpha,
+                                iterations, clip_to_image, fixed)
+    return [_iterate(model, x, e, direction, target_of, alpha, iterations, clip_to_image,
+                     fixed) for e in eps_list]
+
+
+def ifgsm(model, x, eps, *, alpha=1.0, iterations=None, clip_to_image=None, batch_eps=False):
     """Iterative FGSM: ascend the loss of the clean prediction, fixed throughout.
 
     iterations: None for the paper's schedule ``num_iterations(eps)``.
+    batch_eps: run the eps of a sweep as one batch (for GPUs; same results).
     """
     eps_list = validate_eps(eps)
     target = predicted_labels(model.forward(x))
-    results = [_iterate(model, x, e, +1.0, None, alpha, iterations, clip_to_image, target)
-               for e in eps_list]
+    results = _sweep(model, x, eps_list, +1.0, None, alpha, iterations, clip_to_image,
+                     target, batch_eps)
     return _unwrap(eps, results)
 
 
 def ifgsm_ll(model, x, eps, *, alpha=1.0, iterations=None, clip_to_image=None,
-             target="current"):
+             target="current", batch_eps=False):
     """Iterative FGSM II: descend towards the least-likely class.
 
     target: "current" recomputes the least-likely class of every iterate (the
     paper authors' code, the default); "clean" fixes it from the clean image
     (Kurakin et al.).
+    batch_eps: run the eps of a sweep as one batch (for GPUs; same results).
     """
     if target not in ("current", "clean"):
         raise ValueError("target must be 'current' or 'clean', got %r" % (target,))
     eps_list = validate_eps(eps)
     fixed = least_likely_labels(model.forward(x)) if target == "clean" else None
-    results = [_iterate(model, x, e, -1.0, least_likely_labels, alpha, iterations,
-                        clip_to_image, fixed) for e in eps_list]
+    results = _sweep(model, x, eps_list, -1.0, least_likely_labels, alpha, iterations,
+                     clip_to_image, fixed, batch_eps)
     return _unwrap(eps, results)
 
 

@@ -192,9 +192,22 @@ def attack_options(args, attack):
     opts = {"clip_to_image": bool(args.clip_to_image)}
     if attack in ("ifgsm", "ifgsm_ll"):
         opts["alpha"] = args.alpha
+        if getattr(args, "batch_eps", False):
+            # same results as the loop, but kept apart in the store: float
+            # reductions in a batch may round differently on some engines
+            opts["batch_eps"] = True
     if attack == "ifgsm_ll":
         opts["target"] = args.ifgsm_ll_target
     return opts
+
+
+def attack_kwargs(options, box):
+    """Keyword arguments of an attack function from a record's options."""
+    kwargs = {"clip_to_image": box}
+    for key in ("alpha", "target", "batch_eps"):
+        if key in options:
+            kwargs[key] = options[key]
+    return kwargs
 
 
 def make_configs(base, attacks, eps_list, args):
@@ -230,15 +243,9 @@ def process_image(sample, rm, configs, store, args, examples_dir=None):
             by_attack.setdefault(attack, []).append((e, config))
     for attack, items in by_attack.items():
         fn = get_attack(attack)
-        kwargs = {"clip_to_image": box}
-        opts = items[0][1]["options"]
-        if "alpha" in opts:
-            kwargs["alpha"] = opts["alpha"]
-        if "target" in opts:
-            kwargs["target"] = opts["target"]
         eps = [e for e, _ in items]
         t0 = time.perf_counter()
-        advs = fn(rm.model, x, eps, **kwargs)
+        advs = fn(rm.model, x, eps, **attack_kwargs(items[0][1]["options"], box))
         per_eps = (time.perf_counter() - t0) / len(eps)
         for (e, config), x_adv in zip(items, advs):
             t1 = time.perf_counter()
@@ -415,6 +422,8 @@ def build_parser():
     a.add_argument("--ifgsm-ll-target", default="current", choices=("current", "clean"),
                    help="least-likely target of Iterative FGSM II: recomputed every "
                         "iteration (authors' code) or fixed from the clean image")
+    a.add_argument("--batch-eps", action="store_true",
+                   help="run the eps of an iterative sweep as one batch (for GPUs)")
     a.add_argument("--clip-to-image", action="store_true",
                    help="also clip adversarial images to valid pixel values (off in the paper's code)")
     o = p.add_argument_group("output")

@@ -33,9 +33,9 @@ import numpy as np
 
 from caffe_attacks import __version__
 from caffe_attacks.attacks import ATTACKS, PAPER_EPS, ImageBox, get_attack
-from caffe_attacks.run import (ResolvedModel, UsageError, attack_options, cli, evaluate_scores,
-                               format_table, open_data, validated_eps_and_limit,
-                               write_summaries)
+from caffe_attacks.run import (ResolvedModel, UsageError, attack_kwargs, attack_options, cli,
+                               evaluate_scores, format_table, open_data,
+                               validated_eps_and_limit, write_summaries)
 from caffe_attacks.store import Record, ResultsStore, config_key
 
 log = logging.getLogger("caffe_attacks.transfer")
@@ -229,15 +229,6 @@ def transferred_input(x_src, x_adv, ctx_src, src_protocol, x_dst, ctx_dst, dst_p
 # --------------------------------------------------------------------------
 # One image, the whole run
 # --------------------------------------------------------------------------
-def _attack_kwargs(options, box):
-    kwargs = {"clip_to_image": box}
-    if "alpha" in options:
-        kwargs["alpha"] = options["alpha"]
-    if "target" in options:
-        kwargs["target"] = options["target"]
-    return kwargs
-
-
 def transfer_image(sample, source, targets, configs, store, args):
     """Craft on ``source`` once per (attack, eps), evaluate on every target; store.
 
@@ -280,7 +271,7 @@ def transfer_image(sample, source, targets, configs, store, args):
     for (attack, _), (options, by_eps) in todo.items():
         eps = sorted(by_eps)
         t0 = time.perf_counter()
-        advs = get_attack(attack)(source.model, x_s, eps, **_attack_kwargs(options, box_s))
+        advs = get_attack(attack)(source.model, x_s, eps, **attack_kwargs(options, box_s))
         per_eps = (time.perf_counter() - t0) / len(eps)
         for e, x_adv in zip(eps, advs):
             for t, config in by_eps[e]:

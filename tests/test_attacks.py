@@ -165,3 +165,17 @@ def test_unknown_attack_and_target():
         attacks.get_attack("pgd")
     with pytest.raises(ValueError):
         ifgsm_ll(TanhConvModel(), _x((1, 3, 2, 2)), 1, target="random")
+
+
+@pytest.mark.parametrize("attack", [ifgsm, ifgsm_ll], ids=lambda f: f.__name__)
+def test_eps_batched_sweep_equals_the_per_eps_loop(attack):
+    model = TanhConvModel(seed=11)
+    x = _x((1, 3, 7, 9), seed=12)
+    eps = [0, 0.5, 2, 8]
+    loop = attack(model, x, eps)
+    batched = attack(model, x, eps, batch_eps=True)
+    for a, b in zip(loop, batched):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-4)
+    counting = LinearPixelModel(np.random.default_rng(0).normal(size=(3, 3)), np.zeros(3))
+    attack(counting, x, eps, batch_eps=True)
+    assert counting.gradients == max(num_iterations(e) for e in eps[1:])

@@ -165,3 +165,13 @@ def test_unknown_blob_and_missing_weights(tmp_path):
         CaffeNet(str(path), score_blob="nope")
     with pytest.raises(FileNotFoundError, match="missing.caffemodel"):
         CaffeNet(str(path), weights=str(tmp_path / "missing.caffemodel"))
+
+
+def test_eps_batched_attack_equals_the_loop_through_caffe(tiny):
+    from caffe_attacks.attacks import ifgsm_ll
+    x = np.random.default_rng(9).normal(0, 20, size=(1, 2, 10, 10)).astype(np.float32)
+    loop = ifgsm_ll(tiny, x, [1, 4])
+    batched = ifgsm_ll(tiny, x, [1, 4], batch_eps=True)
+    for a, b in zip(loop, batched):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-4)
+    assert tiny.forward(x).shape[0] == 1
