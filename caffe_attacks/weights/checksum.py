@@ -32,10 +32,14 @@ class Status(str, enum.Enum):
         return self.value
 
 
+# Files smaller than this hash in well under a second: no bar for them.
+PROGRESS_MIN_BYTES = 32 * 2 ** 20
+
+
 def _progress_bar(total: int, desc: str):
     from tqdm import tqdm   # only a CLI asks for a bar
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                leave=False)
+                leave=False, disable=total < PROGRESS_MIN_BYTES)
 
 
 def hash_file(path: Union[str, Path], algorithms=("md5",), progress: bool = False,
