@@ -11,9 +11,8 @@ original layer names, duplicates included (three ``crop``, two ``fuse``), are
 kept. The deploy (and the fork's lattice) is fixed at 500x500.
 """
 from caffe_attacks.zoo import ModelSpec
-from caffe_attacks.zoo.fcn import vgg16_fcn_trunk
-from caffe_attacks.zoo.netspec_tools import (
-    L, LEARNED_NO_BIAS, conv, crop, data_input, deconv, eltwise_sum, meanfield, net_spec)
+from caffe_attacks.zoo.fcn import authors_fcn8s_upsampled
+from caffe_attacks.zoo.netspec_tools import L, crop, data_input, meanfield, net_spec
 
 MODELS = [
     ModelSpec("crfrnn_voc", "crfrnn", "voc", 21, "data", "pred", (500, 500),
@@ -37,19 +36,10 @@ def build(spec, input_hw, width_mult=1.0, num_iterations=None):
 def crfrnn(input_hw, num_classes, meanfield_params, width_mult=1.0):
     n = net_spec()
     n.data = data_input(input_hw)
-    fc7 = vgg16_fcn_trunk(n, width_mult, with_dropout=True)
-    n.score = conv(fc7, num_classes, ks=1, name="score-fr")
-    n.score2 = deconv(n.score, num_classes, ks=4, stride=2, bias=True,
-                      param=[dict(lr_mult=1)])
-    n["score-pool4"] = conv(n.pool4, num_classes, ks=1)
-    n["score-pool4c"] = crop(n["score-pool4"], n.score2, offset=5, name="crop")
-    n["score-fused"] = eltwise_sum(n.score2, n["score-pool4c"], name="fuse")
-    n.score4 = deconv(n["score-fused"], num_classes, ks=4, stride=2, param=LEARNED_NO_BIAS)
-    n["score-pool3"] = conv(n.pool3, num_classes, ks=1)
-    n["score-pool3c"] = crop(n["score-pool3"], n.score4, offset=9, name="crop")
-    n["score-final"] = eltwise_sum(n.score4, n["score-pool3c"], name="fuse")
-    n.bigscore = deconv(n["score-final"], num_classes, ks=16, stride=8, name="upsample")
-    n.coarse = crop(n.bigscore, n.data, offset=31, name="crop")
+    # the authors' FCN-8s head with the CRF-RNN deploy's duplicate names
+    bigscore = authors_fcn8s_upsampled(n, num_classes, width_mult,
+                                       crop_names=("crop", "crop"), fuse_names=("fuse", "fuse"))
+    n.coarse = crop(bigscore, n.data, offset=31, name="crop")
     n.unary, n.Q0 = L.Split(n.coarse, ntop=2, name="splitting")
     n.pred = meanfield(n.unary, n.Q0, n.data, name="inference1", **meanfield_params)
     return n.to_proto()

@@ -101,21 +101,37 @@ def fcn8s_vgg_authors(input_hw, num_classes, width_mult=1.0):
     """The paper authors' FCN-8s: old layer names, learned ``score2`` with bias."""
     n = net_spec()
     n.data = data_input(input_hw)
+    bigscore = authors_fcn8s_upsampled(n, num_classes, width_mult,
+                                       crop_names=("score_pool4c", "score_pool3c"),
+                                       fuse_names=("fuse", "fuse2"))
+    n.output = crop(bigscore, n.data, offset=31, name="score_final_crop")
+    return n.to_proto()
+
+
+def authors_fcn8s_upsampled(n, num_classes, width_mult=1.0, crop_names=("crop", "crop"),
+                            fuse_names=("fuse", "fuse")):
+    """Trunk and head of the authors' FCN-8s, shared with CRF-RNN, up to ``bigscore``.
+
+    Adds the Dropout VGG-16 trunk, ``score-fr`` ... ``upsample`` to ``n``
+    (which must hold ``n.data``) and returns the uncropped 8x ``bigscore``
+    top; the caller adds the final crop. The two models differ only in the
+    layer names of the pool4/pool3 crops and fuses, hence ``crop_names`` and
+    ``fuse_names`` (pool4, pool3).
+    """
     fc7 = vgg16_fcn_trunk(n, width_mult, with_dropout=True)
     n.score = conv(fc7, num_classes, ks=1, name="score-fr")
     n.score2 = deconv(n.score, num_classes, ks=4, stride=2, bias=True,
                       param=[dict(lr_mult=1)])
     n["score-pool4"] = conv(n.pool4, num_classes, ks=1)
-    n["score-pool4c"] = crop(n["score-pool4"], n.score2, offset=5, name="score_pool4c")
-    n["score-fused"] = eltwise_sum(n.score2, n["score-pool4c"], name="fuse")
+    n["score-pool4c"] = crop(n["score-pool4"], n.score2, offset=5, name=crop_names[0])
+    n["score-fused"] = eltwise_sum(n.score2, n["score-pool4c"], name=fuse_names[0])
     n.score4 = deconv(n["score-fused"], num_classes, ks=4, stride=2,
                       param=LEARNED_NO_BIAS)
     n["score-pool3"] = conv(n.pool3, num_classes, ks=1)
-    n["score-pool3c"] = crop(n["score-pool3"], n.score4, offset=9, name="score_pool3c")
-    n["score-final"] = eltwise_sum(n.score4, n["score-pool3c"], name="fuse2")
+    n["score-pool3c"] = crop(n["score-pool3"], n.score4, offset=9, name=crop_names[1])
+    n["score-final"] = eltwise_sum(n.score4, n["score-pool3c"], name=fuse_names[1])
     n.bigscore = deconv(n["score-final"], num_classes, ks=16, stride=8, name="upsample")
-    n.output = crop(n.bigscore, n.data, offset=31, name="score_final_crop")
-    return n.to_proto()
+    return n.bigscore
 
 
 # ------------------------------------------------------------------ ResNet-101
