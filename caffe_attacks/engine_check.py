@@ -23,7 +23,7 @@ import numpy as np
 
 from caffe_attacks.zoo import shapes
 
-# Small zoo inputs that every family's geometry accepts (as the zoo tests use),
+# Small zoo inputs that every family's geometry accepts (tests/test_zoo*.py use them),
 # and the width multipliers of the families whose generators take one.
 SMALL_INPUTS = {
     "fcn8s_vgg_voc": (64, 64), "fcn8s_vgg_voc_authors": (64, 64),

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from caffe_attacks import zoo
+from caffe_attacks.engine_check import SMALL_INPUTS, small_build_options
 from caffe_attacks.zoo import conformance, shapes
 from tests.conftest import requires_caffe
 
@@ -309,32 +310,19 @@ def _objective(model, r, norm, v):
     return float(np.sum(r.astype(np.float64) * model.forward(v.astype(np.float32)))) / norm
 
 
-SMALL = {   # (H, W) that every family's geometry accepts, and test widths
-    "fcn8s_vgg_voc": (64, 64), "fcn8s_vgg_voc_authors": (64, 64),
-    "fcn8s_vgg_cityscapes": (64, 96), "fcn8s_resnet101_voc": (64, 64),
-    "dilated_frontend_voc": (396, 396), "dilated_context_voc": (396, 396),
-    "dilated_frontend_cityscapes": (396, 404), "dilated_context_cityscapes": (396, 404),
-    "deeplabv2_vgg16_voc": (65, 65), "deeplabv2_resnet101_voc": (65, 65),
-    "segnet_vgg_voc": (64, 64), "crfrnn_voc": (48, 48),
-}
-
-
-def _options(name):
-    return dict(num_iterations=2) if name == "crfrnn_voc" else {}
-
-
 @requires_caffe
 @pytest.mark.parametrize("name", OURS)
 def test_reduced_width_net_loads_and_backpropagates(name):
-    width = 1 / 32 if name.startswith("dilated") else 1 / 16
-    _check_net(name, SMALL[name], np.random.default_rng(0), width_mult=width, **_options(name))
+    _check_net(name, SMALL_INPUTS[name], np.random.default_rng(0),
+               **small_build_options(zoo.get(name)))
 
 
 @requires_caffe
 @pytest.mark.slow
 @pytest.mark.parametrize("name", OURS)
 def test_full_width_net_loads_and_backpropagates(name):
-    _check_net(name, SMALL[name], np.random.default_rng(1), **_options(name))
+    _check_net(name, SMALL_INPUTS[name], np.random.default_rng(1),
+               **small_build_options(zoo.get(name), reduced=False))
 
 
 # ------------------------------------------------------------------------ CLI

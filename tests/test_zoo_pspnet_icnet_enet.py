@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 from caffe_attacks import zoo
+from caffe_attacks.engine_check import SMALL_INPUTS
 from caffe_attacks.zoo import conformance, enet, icnet, pspnet
 from caffe_attacks.zoo.shapes import infer, param_count, parse_prototxt
 from tests.conftest import requires_caffe
@@ -411,10 +412,10 @@ def test_enet_input_rule():
             enet.check_input(hw)
 
 
-# Small sizes used below: PSPNet 41 = 8*5+1 (6x6 conv5_3, the smallest for bin 6)
-# and a non-divisible 57x65 (8x9 conv5_3); ICNet 161x193; ENet 32x64.
-SMALL = {"pspnet101_voc": (57, 65), "pspnet101_cityscapes": (41, 41),
-         "icnet_cityscapes": (161, 193), "enet_cityscapes": (32, 64)}
+# Small sizes used below (engine_check.SMALL_INPUTS): PSPNet 41 = 8*5+1 (6x6
+# conv5_3, the smallest for bin 6) and a non-divisible 57x65 (8x9 conv5_3);
+# ICNet 161x193; ENet 32x64.
+SMALL = {name: SMALL_INPUTS[name] for name in MODELS}
 
 
 @requires_caffe
