@@ -1,9 +1,9 @@
 """Checks for the PSPNet-101, ICNet and ENet generators.
 
-tests/test_zoo.py runs its generic checks for the other families; for these
-four models they are here (header line, regeneration, strict BVLC protobuf,
-conformance.compare against the deploys, Caffe's blob and parameter shapes
-equal to our shape inference). Beyond those, per family:
+tests/test_zoo.py runs the generic checks for every zoo model, these four
+included (header line, regeneration, strict BVLC protobuf, conformance.compare
+against the deploys, Caffe's blob and parameter shapes equal to our shape
+inference). Beyond those, per family:
 
 - layer *semantics* against the original deploys: kernel, stride, pad,
   dilation, bias, pooling windows, Interp/Upsample fields, Eltwise/Concat
@@ -31,7 +31,7 @@ import pytest
 
 from caffe_attacks import zoo
 from caffe_attacks.engine_check import SMALL_INPUTS
-from caffe_attacks.zoo import conformance, enet, icnet, pspnet
+from caffe_attacks.zoo import enet, icnet, pspnet
 from caffe_attacks.zoo.shapes import infer, param_count, parse_prototxt
 from tests.conftest import requires_caffe
 
@@ -62,44 +62,6 @@ def committed(name):
 
 def reference(filename):
     return (REFERENCE_DIR / filename).read_text()
-
-
-# ----------------------------------------------- generic zoo checks (ours)
-
-@pytest.mark.parametrize("name", MODELS)
-def test_registry_entry_and_header(name):
-    spec = zoo.get(name)
-    assert spec.family == {"pspnet101_voc": "pspnet", "pspnet101_cityscapes": "pspnet",
-                           "icnet_cityscapes": "icnet", "enet_cityscapes": "enet"}[name]
-    assert spec.input_blob == "data"
-    assert committed(name).splitlines()[0] == zoo.header_line(spec.family)
-
-
-@requires_reference
-@pytest.mark.parametrize("name", MODELS)
-def test_conforms_to_original_deploy(name):
-    options = dict(bn_blobs=2) if name == "enet_cityscapes" else {}
-    diffs = conformance.compare(committed(name), reference(REFERENCES[name]), **options)
-    assert not diffs, "\n".join(diffs)
-
-
-@requires_caffe
-@pytest.mark.parametrize("name", MODELS)
-def test_committed_prototxt_equals_regeneration(name):
-    assert zoo.build(name) == committed(name), \
-        "prototxt/%s.prototxt is stale: run `make prototxt`" % name
-
-
-@requires_caffe
-@pytest.mark.parametrize("name", MODELS)
-def test_generated_text_is_valid_bvlc_protobuf(name):
-    from caffe.proto import caffe_pb2
-    from google.protobuf import text_format
-    net = text_format.Parse(committed(name), caffe_pb2.NetParameter())   # strict: no unknown fields
-    # ENet's original declares its input as an Input layer named "data"; the
-    # others use the legacy input: header, for which the zoo writes "input".
-    assert net.layer[0].type == "Input"
-    assert net.layer[0].name == ("data" if name == "enet_cityscapes" else "input")
 
 
 # --------------------------------------------------------------- semantics
@@ -505,21 +467,6 @@ def small_nets():
             cache[name] = model
         return cache[name]
     return get
-
-
-@requires_caffe
-@pytest.mark.parametrize("name", MODELS)
-def test_caffe_shapes_equal_our_inference(small_nets, name):
-    """Caffe's own blob and parameter shapes at the SMALL size equal zoo.shapes'
-    inference, which the conformance checks rely on."""
-    net = small_nets(name).net
-    inferred = infer(parse_prototxt(zoo.build(name, input_hw=SMALL[name])))
-    tops = {}
-    for layer in inferred:
-        tops.update(zip(layer.tops, layer.top_shapes))
-    assert {b: net.blobs[b].data.shape for b in tops} == tops
-    assert {k: [b.data.shape for b in v] for k, v in net.params.items()} == \
-        {l.name: l.param_shapes for l in inferred if l.param_shapes}
 
 
 @requires_caffe
