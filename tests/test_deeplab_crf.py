@@ -46,13 +46,6 @@ def test_definition_is_the_base_then_split_and_densecrf(name):
     assert inferred["splitting"].top_shapes[0] == (1, spec.num_classes) + spec.reference_input
 
 
-@requires_caffe
-@pytest.mark.parametrize("name", NAMES)
-def test_committed_prototxt_equals_regeneration(name):
-    assert zoo.build(name) == zoo.prototxt_path(name).read_text(), \
-        "prototxt/%s.prototxt is stale: run `make prototxt`" % name
-
-
 @pytest.fixture(scope="module")
 def small_base_weights(tmp_path_factory):
     """A caffemodel of the reduced-width base net with random weights (no CRF blobs)."""
