@@ -23,7 +23,9 @@ Structure of the generated net, for scales ``(1, 0.75, 0.5)``::
   ``_res05`` suffixes (DeepLab's naming), and every parameter blob carries a
   Caffe ``param { name: ... }`` so that all copies share one set of weights:
   a single-scale caffemodel loads by layer name into the first copy and the
-  others see the same memory.
+  others see the same memory. (Except BatchNorm statistics: Caffe drops a
+  three-spec BatchNorm's sharing on load, so the engines copy them from the
+  first copy after loading; caffemodel_reader.restore_batchnorm_sharing.)
 - Each scale's scores (at ``fuse_blob``, the blob before the model's final
   upsampling when it has one: DeepLab's 65x65 ``fc1_voc12``) are resized by
   ``Interp`` to the first scale's score grid, by inverse factors when they
