@@ -93,7 +93,8 @@ DEMO_LIMIT ?= 12
 NO_RUN ?=
 EXPERIMENT_ARGS = --results $(RESULTS) --weights-dir $(WEIGHTS_DIR) \
 	$(if $(LIMIT),--limit $(LIMIT)) $(if $(VOC_DIR),--voc-dir $(VOC_DIR)) \
-	$(if $(CITYSCAPES_DIR),--cityscapes-dir $(CITYSCAPES_DIR)) $(if $(NO_RUN),--no-run)
+	$(if $(CITYSCAPES_DIR),--cityscapes-dir $(CITYSCAPES_DIR)) $(if $(NO_RUN),--no-run) \
+	$(if $(SYNTHETIC_DIR),--synthetic-dir $(SYNTHETIC_DIR))
 .PHONY: demo train-tiny tables figures experiments-list
 
 ## demo: attack the embedded tiny_synthetic model (no downloads); results/demo/
