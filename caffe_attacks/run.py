@@ -223,43 +223,66 @@ def make_configs(base, attacks, eps_list, args):
 
 def process_image(sample, rm, configs, store, args, examples_dir=None):
     """Attack one image with every configuration it still lacks; store the records."""
-    x, ctx = rm.protocol.prepare(sample.image)
+    return process_batch([sample], rm, configs, store, args, examples_dir)
+
+
+def process_batch(samples, rm, configs, store, args, examples_dir=None):
+    """Attack images of one canvas size as one batch; store each image's records.
+
+    Every image gets what it would get alone (the attacks treat the rows of a
+    batch independently: the summed loss's gradient for a row is that row's).
+    Attack time is shared evenly over the images and eps of a call. Returns
+    the number of records added.
+    """
+    prepared = [rm.protocol.prepare(s.image) for s in samples]
+    x = np.concatenate([p[0] for p in prepared])
+    ctxs = [p[1] for p in prepared]
+    n_img = len(samples)
+
+    def evaluate(scores):
+        return [evaluate_scores(scores[i:i + 1], ctxs[i], rm.protocol, s.label, rm.num_classes)
+                for i, s in enumerate(samples)]
+
     t0 = time.perf_counter()
-    clean_scores = rm.model.forward(x)
-    cm_clean, conf, ent, npix, pred_clean = evaluate_scores(
-        clean_scores, ctx, rm.protocol, sample.label, rm.num_classes)
-    t_clean = time.perf_counter() - t0
+    clean = evaluate(rm.model.forward(x))
+    t_clean = (time.perf_counter() - t0) / n_img
     box = ImageBox.from_mean(rm.protocol.mean_bgr) if args.clip_to_image else None
 
-    records, shown = [], []
+    records = [[] for _ in samples]
+    shown = [[] for _ in samples]
     for attack, e, config in configs:
         if attack == "clean":
-            if not store.has(config_key(config), sample.id):
-                records.append(Record(config, sample.id, cm_clean, cm_clean, conf, ent, npix,
-                                      0.0, t_clean))
+            for i, s in enumerate(samples):
+                if not store.has(config_key(config), s.id):
+                    cm, conf, ent, npix, _ = clean[i]
+                    records[i].append(Record(config, s.id, cm, cm, conf, ent, npix, 0.0, t_clean))
     by_attack = {}
     for attack, e, config in configs:
-        if attack != "clean" and (not store.has(config_key(config), sample.id) or examples_dir):
+        if attack != "clean" and (examples_dir or any(
+                not store.has(config_key(config), s.id) for s in samples)):
             by_attack.setdefault(attack, []).append((e, config))
     for attack, items in by_attack.items():
         fn = get_attack(attack)
         eps = [e for e, _ in items]
         t0 = time.perf_counter()
         advs = fn(rm.model, x, eps, **attack_kwargs(items[0][1]["options"], box))
-        per_eps = (time.perf_counter() - t0) / len(eps)
+        per_record = (time.perf_counter() - t0) / (len(eps) * n_img)
         for (e, config), x_adv in zip(items, advs):
             t1 = time.perf_counter()
-            cm, c_sum, e_sum, n, pred = evaluate_scores(
-                rm.model.forward(x_adv), ctx, rm.protocol, sample.label, rm.num_classes)
-            records.append(Record(config, sample.id, cm_clean, cm, c_sum, e_sum, n,
-                                  float(np.abs(x_adv - x).max()),
-                                  per_eps + time.perf_counter() - t1))
-            if examples_dir:
-                shown.append((attack, e, x_adv, pred))
-    store.add_image(records)
-    if examples_dir:
-        save_examples(examples_dir, sample, rm, x, ctx, pred_clean, shown)
-    return len(records)
+            adv = evaluate(rm.model.forward(x_adv))
+            t_eval = (time.perf_counter() - t1) / n_img
+            for i, s in enumerate(samples):
+                cm, c_sum, e_sum, n, pred = adv[i]
+                records[i].append(Record(config, s.id, clean[i][0], cm, c_sum, e_sum, n,
+                                         float(np.abs(x_adv[i] - x[i]).max()),
+                                         per_record + t_eval))
+                if examples_dir:
+                    shown[i].append((attack, e, x_adv[i:i + 1], pred))
+    for i, s in enumerate(samples):
+        store.add_image(records[i])
+        if examples_dir:
+            save_examples(examples_dir, s, rm, x[i:i + 1], ctxs[i], clean[i][4], shown[i])
+    return sum(len(r) for r in records)
 
 
 def save_examples(out_dir, sample, rm, x, ctx, pred_clean, shown):
@@ -304,12 +327,31 @@ def run(rm, dataset, store, base, attacks, eps_list, args, ids, progress=True):
                       key=ids.index)
     bar = tqdm(total=len(ids), initial=len(ids) - len(todo), unit="img",
                desc=str(base["model"])[:24], disable=not progress, dynamic_ncols=True)
+    batch_size = getattr(args, "batch_images", 1) or 1
+    pending = []    # samples waiting to fill a batch of one canvas size
+
+    def flush():
+        if pending:
+            process_batch(pending, rm, configs, store, args)
+            bar.update(len(pending))
+            pending.clear()
+
     for image_id in todo:
         sample = dataset.try_load(image_id)
-        if sample is not None:
+        if sample is None:
+            bar.update(1)
+        elif batch_size == 1 or image_id in example_ids:
             process_image(sample, rm, configs, store, args,
                           examples_dir if image_id in example_ids else None)
-        bar.update(1)
+            bar.update(1)
+        else:
+            if pending and rm.protocol.placement(pending[0].image.shape[:2]).canvas_hw != \
+                    rm.protocol.placement(sample.image.shape[:2]).canvas_hw:
+                flush()
+            pending.append(sample)
+            if len(pending) == batch_size:
+                flush()
+    flush()
     bar.close()
     return summarize(store, configs, ids)
 
@@ -424,6 +466,8 @@ def build_parser():
                         "iteration (authors' code) or fixed from the clean image")
     a.add_argument("--batch-eps", action="store_true",
                    help="run the eps of an iterative sweep as one batch (for GPUs)")
+    a.add_argument("--batch-images", type=int, default=1, metavar="N",
+                   help="attack up to N images of one canvas size as a batch (for GPUs)")
     a.add_argument("--clip-to-image", action="store_true",
                    help="also clip adversarial images to valid pixel values (off in the paper's code)")
     o = p.add_argument_group("output")
@@ -441,6 +485,12 @@ def validated_eps_and_limit(args):
     """The --eps list, checked, after checking --limit (UsageError on bad values)."""
     if args.limit is not None and args.limit <= 0:
         raise UsageError("--limit must be positive")
+    batch = getattr(args, "batch_images", 1)
+    if batch is not None and batch < 1:
+        raise UsageError("--batch-images must be at least 1")
+    if batch and batch > 1 and getattr(args, "batch_eps", False):
+        raise UsageError("--batch-eps and --batch-images cannot be combined "
+                         "(an eps batch holds one image)")
     try:
         return validate_eps(args.eps)
     except ValueError as e:

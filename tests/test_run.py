@@ -143,3 +143,30 @@ def test_kill_and_resume_gives_the_uninterrupted_summary(setup_dir, tmp_path):
     assert runner.main(_args(setup_dir, killed, *common)) == 0
     assert _summary_numbers(str(killed)[:-3] + ".json") == \
         _summary_numbers(str(straight)[:-3] + ".json")
+
+
+def test_image_batches_give_the_per_image_records(setup_dir, tmp_path):
+    common = ["--attack", "fgsm", "ifgsm_ll", "--eps", "2", "8", "--limit", "5"]
+    single, batched = tmp_path / "single.h5", tmp_path / "batched.h5"
+    assert runner.main(_args(setup_dir, single, *common)) == 0
+    assert runner.main(_args(setup_dir, batched, *common, "--batch-images", "3")) == 0
+    assert _summary_numbers(str(batched)[:-3] + ".json") == \
+        _summary_numbers(str(single)[:-3] + ".json")
+    from caffe_attacks.store import ResultsStore
+    with ResultsStore(single, readonly=True) as a, ResultsStore(batched, readonly=True) as b:
+        assert set(a.configs()) == set(b.configs())
+        for key in a.configs():
+            ra = {r["id"]: r for r in a.records(key)}
+            rb = {r["id"]: r for r in b.records(key)}
+            assert set(ra) == set(rb) and len(ra) == 5
+            for i in ra:
+                np.testing.assert_array_equal(ra[i]["cm_adv"], rb[i]["cm_adv"])
+                assert ra[i]["max_delta"] == rb[i]["max_delta"]
+
+
+def test_batch_options_are_checked(setup_dir, tmp_path, capsys):
+    assert runner.main(_args(setup_dir, tmp_path / "r.h5", "--batch-images", "0")) == 2
+    assert "batch-images" in capsys.readouterr().err
+    assert runner.main(_args(setup_dir, tmp_path / "r.h5", "--batch-images", "2",
+                             "--batch-eps")) == 2
+    assert "cannot be combined" in capsys.readouterr().err
