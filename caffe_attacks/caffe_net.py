@@ -24,11 +24,8 @@ log = logging.getLogger(__name__)
 
 def load_net_parameter(prototxt):
     """Parse a prototxt file (or text) into a caffe_pb2.NetParameter."""
-    if os.path.exists(str(prototxt)):
-        with open(prototxt) as f:
-            text = f.read()
-    else:
-        text = str(prototxt)
+    from caffe_attacks.zoo.shapes import read_prototxt
+    text = read_prototxt(prototxt)
     param = caffe_pb2.NetParameter()
     try:
         text_format.Merge(text, param)

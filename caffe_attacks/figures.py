@@ -287,13 +287,18 @@ def render_crf_sweep(defn, store, out_dir, **_):
     ax.set_ylabel("IoU Ratio")
     ax.set_ylim(0, 1.05)
     ax.grid(alpha=0.3)
+    _legend_or_empty(ax, shown, fontsize=7)
+    ax.set_title(defn.get("caption", defn["id"]), fontsize=9)
+    return _save(fig, out_dir, defn["id"])
+
+
+def _legend_or_empty(ax, shown, fontsize):
+    """A legend when something was plotted, else a note that the store has nothing yet."""
     if shown:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=fontsize)
     else:
         ax.text(0.5, 0.5, "no results in the store yet", transform=ax.transAxes, ha="center",
                 color="grey")
-    ax.set_title(defn.get("caption", defn["id"]), fontsize=9)
-    return _save(fig, out_dir, defn["id"])
 
 
 def render_crf_confidence(defn, store, out_dir, experiments_dir=EXPERIMENTS_DIR, **_):
@@ -328,11 +333,7 @@ def render_crf_confidence(defn, store, out_dir, experiments_dir=EXPERIMENTS_DIR,
     ax.set_xlabel("IoU Ratio")
     ax.set_ylabel("mean %s" % y_field)
     ax.grid(alpha=0.3)
-    if shown:
-        ax.legend(fontsize=6)
-    else:
-        ax.text(0.5, 0.5, "no results in the store yet", transform=ax.transAxes, ha="center",
-                color="grey")
+    _legend_or_empty(ax, shown, fontsize=6)
     ax.set_title(defn.get("caption", defn["id"]), fontsize=9)
     return _save(fig, out_dir, defn["id"])
 

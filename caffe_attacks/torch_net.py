@@ -46,11 +46,7 @@ PRECISIONS = {"float32": torch.float32, "float64": torch.float64, "bfloat16": to
 
 def read_definition(prototxt):
     """Parse a prototxt file path (or prototxt text) into nested dicts."""
-    if os.path.exists(str(prototxt)):
-        with open(prototxt) as f:
-            text = f.read()
-    else:
-        text = str(prototxt)
+    text = shapes.read_prototxt(prototxt)
     try:
         return shapes.parse_prototxt(text)
     except (ValueError, IndexError) as err:

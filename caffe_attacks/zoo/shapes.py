@@ -20,9 +20,10 @@ Examples
 """
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 _TOKEN = re.compile(r"""
     \s+ | \#[^\n]* |                          # whitespace, comments
@@ -65,6 +66,14 @@ def _scalar(kind, value):
         return float(value)
     except ValueError:
         return value     # enum identifier, e.g. MAX
+
+
+def read_prototxt(path_or_text):
+    """The text of a prototxt given as a file path, or the text itself."""
+    if os.path.exists(str(path_or_text)):
+        with open(path_or_text) as f:
+            return f.read()
+    return str(path_or_text)
 
 
 def parse_prototxt(text):
