@@ -20,3 +20,13 @@ def _shared_dir():
 SHARED = _shared_dir()
 REFERENCE_PROTOTXT = SHARED / "reference" / "prototxt"   # original deploys (data)
 SUPPLEMENTARY = SHARED / "seed" / "supplementary.txt"     # the paper's tables
+
+
+@pytest.fixture(scope="session")
+def small_synthetic_voc(tmp_path_factory):
+    """A 16-scene synthetic VOC-layout set of 48x32 images (seed 5), written once."""
+    from caffe_attacks.datasets import synthetic
+    d = tmp_path_factory.mktemp("synthetic") / "data"
+    synthetic.main(["--format", "voc", "--out", str(d), "--n", "16", "--seed", "5",
+                    "--width", "48", "--height", "32"])
+    return d

@@ -100,13 +100,9 @@ def test_w2_on_learned_blobs_equals_crf_variant(mode):
 
 # ------------------------------------------------------------------ Caffe
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from caffe_attacks.datasets import synthetic
-    d = tmp_path_factory.mktemp("crfexp") / "data"
-    synthetic.main(["--format", "voc", "--out", str(d), "--n", "16", "--seed", "5",
-                    "--width", "48", "--height", "32"])
-    return d
+@pytest.fixture
+def data_dir(small_synthetic_voc):
+    return small_synthetic_voc
 
 
 def _run(data_dir, out, *extra):

@@ -16,7 +16,6 @@ import pytest
 from caffe_attacks import run as runner
 from caffe_attacks import transfer
 from caffe_attacks.attacks import fgsm
-from caffe_attacks.datasets import synthetic
 from caffe_attacks.preprocess import Protocol
 from caffe_attacks.run import ResolvedModel
 from caffe_attacks.store import ResultsStore, config_key
@@ -28,12 +27,9 @@ NO_PAD = {"mean_bgr": [100.0, 110.0, 120.0], "resize": None, "pad": None,
 PADDED = dict(NO_PAD, pad={"mode": "constant", "canvas": [40, 56]})
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("transfer") / "data"
-    synthetic.main(["--format", "voc", "--out", str(d), "--n", "16", "--seed", "5",
-                    "--width", "48", "--height", "32"])
-    return d
+@pytest.fixture
+def data_dir(small_synthetic_voc):
+    return small_synthetic_voc
 
 
 def _args(*extra):
