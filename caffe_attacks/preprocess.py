@@ -32,6 +32,24 @@ PAD_MODES = ("constant", "reflect101")
 SCORE_MODES = ("crop", "resize")
 ALIGNS = ("corners", "stride", "half_pixel")
 _KEYS = {"mean_bgr", "resize", "pad", "scores_to_labels", "score_align"}
+MAX_SIDE = 16384    # pixels; a larger canvas or resize is a typo, not a protocol
+
+
+def _number(value, what, lo, hi, integer=False):
+    """`value` as a float (or int) in [lo, hi]; ValueError naming `what` otherwise.
+
+    NaN and inf never pass: a NaN mean would reach the net and the store.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} must be a number, got {value!r}")
+    if not (lo <= value <= hi) or (integer and value != int(value)):
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"{what} must be {kind} in [{lo}, {hi}], got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _side(value, what, lo=1):
+    return _number(value, what, lo, MAX_SIDE, integer=True)
 
 
 @dataclass(frozen=True)
@@ -126,29 +144,34 @@ class Protocol:
     @classmethod
     def from_dict(cls, d):
         """Parse a manifest "input" block (see the module docstring); ValueError on bad data."""
+        if not isinstance(d, dict):
+            raise ValueError(f"an input protocol must be a JSON object, got {d!r}")
         unknown = set(d) - _KEYS
         if unknown:
             raise ValueError(f"unknown input-protocol keys {sorted(unknown)}")
         mean = d.get("mean_bgr")
         if mean is not None:
-            if len(mean) != 3:
+            if not isinstance(mean, (list, tuple)) or len(mean) != 3:
                 raise ValueError(f"mean_bgr needs 3 values (B, G, R), got {mean!r}")
-            mean = tuple(float(v) for v in mean)
+            mean = tuple(_number(v, "mean_bgr", 0, 255) for v in mean)
         kwargs = dict(mean_bgr=mean)
         resize = d.get("resize")
         if resize is not None:
-            keys = set(resize)
-            if keys == {"size"}:
+            keys = set(resize) if isinstance(resize, dict) else None
+            if keys == {"size"} and isinstance(resize["size"], (list, tuple)) \
+                    and len(resize["size"]) == 2:
                 w, h = resize["size"]
-                kwargs["resize_size"] = (int(w), int(h))
-            elif "long_side" in keys and keys <= {"long_side", "shrink_only"}:
-                kwargs["resize_long_side"] = int(resize["long_side"])
+                kwargs["resize_size"] = (_side(w, "resize width"), _side(h, "resize height"))
+            elif keys and "long_side" in keys and keys <= {"long_side", "shrink_only"}:
+                kwargs["resize_long_side"] = _side(resize["long_side"], "resize long_side")
                 kwargs["shrink_only"] = bool(resize.get("shrink_only", False))
             else:
                 raise ValueError(f"resize must be {{'size': [W, H]}} or {{'long_side': n}}, "
                                  f"got {resize!r}")
         pad = d.get("pad")
         if pad is not None:
+            if not isinstance(pad, dict):
+                raise ValueError(f"pad must be a JSON object, got {pad!r}")
             mode = pad.get("mode")
             if mode not in PAD_MODES:
                 raise ValueError(f"pad mode must be one of {PAD_MODES}, got {mode!r}")
@@ -157,14 +180,17 @@ class Protocol:
                 raise ValueError(f"unknown pad keys {sorted(extra)}")
             kwargs["pad_mode"] = mode
             if "canvas" in pad:
-                kwargs["canvas"] = tuple(int(v) for v in pad["canvas"])
+                canvas = pad["canvas"]
+                if not isinstance(canvas, (list, tuple)) or len(canvas) != 2:
+                    raise ValueError(f"pad canvas must be [H, W], got {canvas!r}")
+                kwargs["canvas"] = tuple(_side(v, "pad canvas") for v in canvas)
             if mode == "constant":
                 if "canvas" not in pad or "margin" in pad:
                     raise ValueError("a constant pad needs a canvas [H, W] and no margin")
             else:
                 if "margin" not in pad:
                     raise ValueError("a reflect101 pad needs a margin")
-                kwargs["margin"] = int(pad["margin"])
+                kwargs["margin"] = _side(pad["margin"], "pad margin", lo=0)
         mode = d.get("scores_to_labels", "crop")
         if mode not in SCORE_MODES:
             raise ValueError(f"scores_to_labels must be one of {SCORE_MODES}, got {mode!r}")
