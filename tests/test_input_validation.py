@@ -94,3 +94,68 @@ def test_a_good_protocol_round_trips():
     p = Protocol.from_dict(VALID)
     assert Protocol.from_dict(p.to_dict()) == p
     assert all(math.isfinite(v) for v in p.mean_bgr)
+
+
+# --- the synthetic-set generator and empty splits ----------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["--num-classes", "99"], "--num-classes must be 2..7"),
+    (["--num-classes", "1"], "--num-classes must be 2..7"),
+    (["--n", "0"], "--n must be at least 1"),
+    (["--n", "-3"], "--n must be at least 1"),
+    (["--seed", "-1"], "--seed must be >= 0"),
+    (["--width", "0"], "--width and --height must be"),
+    (["--height", "100000"], "--width and --height must be"),
+    (["--val-fraction", "nan"], "--val-fraction must be in"),
+    (["--val-fraction", "1.5"], "--val-fraction must be in"),
+    (["--jpeg-quality", "101"], "--jpeg-quality must be"),
+    (["--void-width", "-2"], "--void-width must be"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_synthetic_cli_refuses_bad_settings_with_one_line(tmp_path, capsys, args, message):
+    from caffe_attacks.datasets.synthetic import main
+    out = tmp_path / "set"
+    assert main(["--format", "voc", "--out", str(out)] + args) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [captured.err.strip()]
+    assert captured.err.startswith("error: ") and message in captured.err
+    assert not out.exists()                               # nothing half-written
+
+
+def test_synthetic_cli_refuses_a_file_as_out(tmp_path, capsys):
+    from caffe_attacks.datasets.synthetic import main
+    (tmp_path / "f").write_text("x")
+    assert main(["--format", "cityscapes", "--out", str(tmp_path / "f"), "--n", "2"]) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+
+
+def test_synthetic_cli_writes_a_one_scene_set(tmp_path, capsys):
+    from caffe_attacks.datasets import open_dataset
+    from caffe_attacks.datasets.synthetic import main
+    assert main(["--format", "voc", "--out", str(tmp_path / "s"), "--n", "1"]) == 0
+    assert "0 train, 1 val" in capsys.readouterr().out
+    assert len(open_dataset("synthetic", tmp_path / "s", split="val")) == 1
+
+
+def test_an_empty_split_is_a_dataset_error(tmp_path):
+    from caffe_attacks.datasets import DatasetError, open_dataset
+    from caffe_attacks.datasets.synthetic import write_cityscapes, write_voc
+    write_voc(str(tmp_path / "v"), n=3, seed=0)
+    (tmp_path / "v" / "ImageSets" / "Segmentation" / "val.txt").write_text("\n")
+    with pytest.raises(DatasetError, match="split 'val' has no images"):
+        open_dataset("synthetic", tmp_path / "v", split="val")
+    assert len(open_dataset("synthetic", tmp_path / "v", split="train")) == 2
+    write_cityscapes(str(tmp_path / "c"), n=2, seed=0, size=(32, 16))
+    (tmp_path / "c" / "leftImg8bit" / "test").mkdir()
+    (tmp_path / "c" / "gtFine" / "test").mkdir()
+    with pytest.raises(DatasetError, match="split 'test' has no images"):
+        open_dataset("synthetic", tmp_path / "c", split="test")
+
+
+def test_a_split_whose_every_sample_is_bad_is_an_error_under_skip_bad(tmp_path):
+    from caffe_attacks.datasets import DatasetError, open_dataset
+    from caffe_attacks.datasets.synthetic import write_voc
+    write_voc(str(tmp_path / "v"), n=4, seed=0)
+    for jpg in (tmp_path / "v" / "JPEGImages").iterdir():
+        jpg.unlink()
+    with pytest.raises(DatasetError, match=r"has no images \(1 skipped as bad\)"):
+        open_dataset("synthetic", tmp_path / "v", split="val", skip_bad=True)
