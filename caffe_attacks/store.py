@@ -191,6 +191,8 @@ class ResultsStore:
             raise StoreError("results store %s is a directory; give a file name such as %s"
                              % (self.path, os.path.join(self.path, "results.h5")))
         if os.path.exists(self.path):
+            if not os.path.isfile(self.path):       # a FIFO would block the HDF5 probe
+                raise StoreError("results store %s is not a regular file" % self.path)
             if not h5py.is_hdf5(self.path):
                 raise StoreError("%s is not an HDF5 results store; refusing to overwrite it "
                                  "(choose another --out)" % self.path)
@@ -222,9 +224,12 @@ class ResultsStore:
             os.close(fd)
             raise StoreLocked("results store %s is in use by another run (pid %s); wait for "
                               "it to finish or use another --out" % (self.path, holder)) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, b"%d\n" % os.getpid())
         self._lock_fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, b"%d\n" % os.getpid())
+        except OSError as e:    # the pid is for messages only; the lock is what counts
+            log.warning("cannot record this pid in %s: %s", lock_path, e)
 
     def _release_lock(self):
         if self._lock_fd is not None:

@@ -283,7 +283,8 @@ def _foreign_hdf5(path):
     (lambda p: p.write_text("not a store\n"), "is not an HDF5 results store"),
     (lambda p: p.write_bytes(b""), "is not an HDF5 results store"),
     (_foreign_hdf5, "not a results store"),
-], ids=["directory", "text", "empty", "foreign-hdf5"])
+    (lambda p: __import__("os").mkfifo(p), "not a regular file"),
+], ids=["directory", "text", "empty", "foreign-hdf5", "fifo"])
 def test_an_unusable_out_path_is_one_clear_error_naming_it(tmp_path, make, reason):
     path = tmp_path / "r.h5"
     make(path)
