@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from caffe_attacks import zoo
+from caffe_attacks.caffe_geometry import interp_output_size, parse_prototxt
 from caffe_attacks.preprocess import resize_chw
 from caffe_attacks.zoo import multiscale as M
 from caffe_attacks.zoo import shapes
@@ -48,7 +49,7 @@ def test_bad_scales_are_refused(bad):
 def test_score_resize_params_land_on_the_grid(src, dst, expected):
     params = M._resize_params(src, dst)
     assert params == expected
-    assert shapes.interp_shape((1, 21) + src, params)[2:] == dst
+    assert interp_output_size(*src, params)[2:] == dst
 
 
 def test_member_addressing():
@@ -71,7 +72,7 @@ def test_registry_has_the_msc_model():
 
 def _layers(name):
     text = zoo.prototxt_path(name).read_text()
-    return text, shapes.infer(shapes.parse_prototxt(text))
+    return text, shapes.infer(parse_prototxt(text))
 
 
 def test_full_size_msc_conforms_to_the_single_scale_net_and_zoo_md():
@@ -105,7 +106,7 @@ def test_full_size_msc_conforms_to_the_single_scale_net_and_zoo_md():
 
 
 def test_every_copy_names_its_params_after_the_owner():
-    net = shapes.parse_prototxt(zoo.prototxt_path(MSC).read_text())
+    net = parse_prototxt(zoo.prototxt_path(MSC).read_text())
     names = {}
     for layer in net["layer"]:
         names[layer["name"][0]] = [p.get("name", [None])[0] for p in layer.get("param", [])]
@@ -149,8 +150,8 @@ def _single_scale_reference(model, x, scales, fusion):
     """Fused scores from separately built single-scale tiny nets and numpy resizing."""
     per_scale = []
     for scale in scales:
-        hw = x.shape[2:] if scale == 1.0 else shapes.interp_shape(
-            x.shape, M.scale_factors(scale))[2:]
+        hw = x.shape[2:] if scale == 1.0 else interp_output_size(
+            *x.shape[2:], M.scale_factors(scale))[2:]
         single = _net(zoo.build("tiny_synthetic", input_hw=hw), "score")
         for name, blobs in single.net.params.items():   # same weights as the MSC owner copy
             for k, blob in enumerate(blobs):

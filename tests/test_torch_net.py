@@ -23,11 +23,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from caffe_attacks import engine_check, zoo  # noqa: E402
+from caffe_attacks.caffe_geometry import (interp_output_size, layer_type,  # noqa: E402
+                                          parse_prototxt, upsample_output_size)
 from caffe_attacks.caffemodel_reader import WeightShapeError  # noqa: E402
 from caffe_attacks.layers import bn, interp, meanfield, upsample  # noqa: E402
 from caffe_attacks.torch_layers import SUPPORTED_TYPES  # noqa: E402
 from caffe_attacks.torch_net import TorchNet  # noqa: E402
-from caffe_attacks.zoo import shapes  # noqa: E402
 from tests import protowire  # noqa: E402
 from tests.conftest import requires_caffe  # noqa: E402
 
@@ -310,7 +311,7 @@ def test_interp_equals_the_numpy_layer(params, hw):
     text = _net({"data": x.shape}, _python("i", "caffe_attacks.layers.interp", "Interp", params,
                                            ["data"]))
     net = TorchNet(text)
-    _, _, oh, ow = interp.interp_output_size(hw[0], hw[1], params)
+    _, _, oh, ow = interp_output_size(hw[0], hw[1], params)
     expected = interp.interp_forward(x, oh, ow, params.get("pad_beg", 0), params.get("pad_end", 0))
     y = net.forward(x)
     np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6)
@@ -356,7 +357,7 @@ def test_upsample_equals_the_numpy_layer(overlap):
     pooled, mask = blobs["pool"].numpy(), blobs["mask"].numpy().astype(np.float32)
     if overlap:
         assert len(np.unique(mask[0, 0])) < mask[0, 0].size   # repeated targets do occur
-    out_hw = upsample.upsample_output_size(*pooled.shape[2:], params)
+    out_hw = upsample_output_size(*pooled.shape[2:], params)
     y = net.forward(x)
     np.testing.assert_array_equal(y, upsample.unpool_forward(pooled, mask, *out_hw))
     dy = rng.normal(0, 1, y.shape).astype(np.float32)
@@ -408,7 +409,7 @@ def _random_tiny(precision="float32", **kwargs):
 def test_committed_zoo_uses_only_supported_layer_types():
     for name in zoo.names():
         text = zoo.prototxt_path(name).read_text()
-        used = {shapes.layer_type(layer) for layer in shapes.parse_prototxt(text)["layer"]}
+        used = {layer_type(layer) for layer in parse_prototxt(text)["layer"]}
         assert used <= set(SUPPORTED_TYPES), (name, used - set(SUPPORTED_TYPES))
 
 

@@ -32,7 +32,8 @@ import pytest
 from caffe_attacks import zoo
 from caffe_attacks.engine_check import SMALL_INPUTS
 from caffe_attacks.zoo import enet, icnet, pspnet
-from caffe_attacks.zoo.shapes import infer, param_count, parse_prototxt
+from caffe_attacks.caffe_geometry import parse_prototxt
+from caffe_attacks.zoo.shapes import infer, param_count
 from tests.conftest import requires_caffe
 
 from tests.conftest import REFERENCE_PROTOTXT as REFERENCE_DIR  # noqa: E402

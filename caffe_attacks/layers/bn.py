@@ -14,7 +14,7 @@ and the parameter diffs are left untouched (zero).
 """
 import numpy as np
 
-from caffe_attacks.layers._params import parse_param_str
+from caffe_attacks.caffe_geometry import parse_param_str
 
 try:
     import caffe

@@ -32,8 +32,8 @@ import logging
 
 import numpy as np
 
+from caffe_attacks.caffe_geometry import parse_param_str
 from caffe_attacks.lattice import PermutohedralLattice
-from caffe_attacks.layers._params import parse_param_str
 
 try:
     import numba

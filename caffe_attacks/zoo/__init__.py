@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
+from caffe_attacks.zoo.netspec_tools import net_text
+
 log = logging.getLogger(__name__)
 
 # Import order is listing order.
@@ -131,13 +133,8 @@ def build(name, input_hw=None, **options):
     spec, module = _models()[name]
     hw = tuple(int(v) for v in (input_hw or spec.reference_input))
     net = module.build(spec, hw, **options)
-    text = net if isinstance(net, str) else _to_text(net)
+    text = net if isinstance(net, str) else net_text(net)
     return header_line(spec.family) + "\n" + text.lstrip("\n")
-
-
-def _to_text(net):
-    from google.protobuf import text_format
-    return text_format.MessageToString(net)
 
 
 def prototxt_path(name):
