@@ -336,6 +336,28 @@ def test_from_dict_rejects_bad_blocks_and_round_trips():
     assert Protocol.from_dict(PROTOCOLS["deeplab_65"]).score_align == "corners"
 
 
+@pytest.mark.parametrize("change", [
+    {"mean_bgr": [1, 2, "3"]}, {"mean_bgr": [1, 2, True]}, {"mean_bgr": 104.0},
+    {"resize": {"size": [500.0, 500]}}, {"resize": {"size": [0, 500]}},
+    {"resize": {"long_side": True}}, {"resize": {"long_side": 473, "shrink_only": "false"}},
+    {"resize": [473]}, {"pad": "constant"}, {"pad": {"mode": "constant", "canvas": [513]}},
+    {"pad": {"mode": "reflect101", "margin": -1}},
+    {"pad": {"mode": "reflect101", "margin": 1.5}},
+    {"pad": {"mode": "reflect101", "margin": 3, "canvas": [900, True]}},
+], ids=lambda c: json.dumps(c))
+def test_from_dict_checks_types_not_just_keys(change):
+    # each of these used to be coerced (int(), float(), bool("false") is True) or
+    # to fail with a TypeError/AttributeError instead of a ValueError naming the key
+    block = dict(PROTOCOLS["deeplab_65"], **change)
+    with pytest.raises(ValueError, match=next(iter(change)).split("_")[0]):
+        Protocol.from_dict(block)
+
+
+def test_from_dict_refuses_a_non_object():
+    with pytest.raises(ValueError, match="object"):
+        Protocol.from_dict([1, 2])
+
+
 MANIFEST = os.path.join(os.path.dirname(__file__), os.pardir, "weights_manifest.json")
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from caffe_attacks import zoo
 from caffe_attacks.caffe_geometry import parse_prototxt
+from caffe_attacks.datasets import DATASET_KINDS
 from caffe_attacks.engine_check import SMALL_INPUTS, small_build_options
 from caffe_attacks.zoo import conformance, shapes
 from tests.conftest import requires_caffe
@@ -33,6 +34,10 @@ def committed(name):
 
 
 # ------------------------------------------------------------------ registry
+
+def test_every_model_names_a_dataset_kind():
+    assert {zoo.get(n).dataset for n in ALL} == set(DATASET_KINDS)
+
 
 def test_registry_lists_every_model_with_its_prototxt():
     assert len(set(ALL)) == len(ALL) >= 16

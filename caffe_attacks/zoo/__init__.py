@@ -43,7 +43,7 @@ class ModelSpec:
     """What the rest of the toolkit needs to know about one zoo model."""
     name: str                      # e.g. "fcn8s_vgg_voc"; also the prototxt file stem
     family: str                    # module in zoo/, e.g. "fcn"
-    dataset: str                   # "voc" | "cityscapes" | "synthetic"
+    dataset: str                   # one of datasets.DATASET_KINDS
     num_classes: int
     input_blob: str                # "data"
     score_blob: str                # logits blob for the attack loss (before any Softmax)
