@@ -326,43 +326,6 @@ class Protocol:
             scores = resize_chw(scores, ctx.image_hw, "half_pixel")
         return np.array(scores, dtype=np.float32)
 
-    def label_to_score_grid(self, label, ctx, score_hw=None, void=255):
-        """Image label grid -> score grid (nearest), the forward twin of scores_to_label_grid.
-
-        Parameters
-        ----------
-        label : (H_image, W_image) uint8
-        score_hw : (h, w) of the net's scores; default ctx.output_hw
-        void : value for cells outside the image
-
-        Returns
-        -------
-        (h, w) uint8
-        """
-        label = np.asarray(label, dtype=np.uint8)
-        if ctx.resized_hw != ctx.image_hw:
-            label = cv2.resize(label, (ctx.resized_hw[1], ctx.resized_hw[0]),
-                               interpolation=cv2.INTER_NEAREST)
-        out_hw = ctx.output_hw
-        score_hw = tuple(out_hw if score_hw is None else score_hw)
-        grid = np.full(out_hw, void, dtype=np.uint8)
-        grid[:label.shape[0], :label.shape[1]] = label
-        if score_hw == tuple(out_hw):
-            return grid
-        # the output pixel each score cell sits on, under the same alignment as the inverse
-        rows, cols = (self._score_positions(n, big) for n, big in zip(score_hw, out_hw))
-        return grid[np.ix_(rows, cols)]
-
-    def _score_positions(self, n, big):
-        i = np.arange(n, dtype=np.float64)
-        if self.score_align == "corners":
-            pos = i * (big - 1) / (n - 1) if n > 1 else np.zeros(1)
-        elif self.score_align == "stride":
-            pos = i * big / n
-        else:
-            pos = (i + 0.5) * big / n - 0.5
-        return np.clip(np.floor(pos + 0.5), 0, big - 1).astype(np.int64)
-
     def input_to_image(self, x, ctx):
         """Network input -> (H_image, W_image, 3) float32 BGR image (mean added, canvas removed)."""
         image = self._from_canvas(x, ctx)
