@@ -1,4 +1,5 @@
-"""The two inference-time ``BN`` layers of the zoo's forks (ZOO.md §1.2, §1.3).
+"""The two inference-time ``BN`` layers of the zoo's forks (``bn_layer.cpp`` of
+hszhao/PSPNet, alexgkendall/caffe-segnet and TimoSaemann/caffe-enet).
 
 ``PSPBN`` is hszhao/PSPNet's ``BN`` (also ICNet's bnnomerge nets): four blobs
 slope, bias, moving mean, moving variance, each (1, C, 1, 1), and at test time

@@ -1,6 +1,7 @@
-"""``Interp``: bilinear resizing of PSPNet, ICNet and DeepLab v2 (ZOO.md §1.1).
+"""``Interp``: bilinear resizing of PSPNet, ICNet and DeepLab v2.
 
-The original (identical in hszhao/PSPNet and deeplab-public-ver2) first crops
+The original (``src/caffe/layers/interp_layer.cpp``, identical in
+hszhao/PSPNet and deeplab-public-ver2; sizes in caffe_geometry) first crops
 the input by ``-pad_beg`` / ``-pad_end`` (pads are <= 0), then resizes with
 align_corners=True bilinear weights computed in float32.  Bilinear resizing is
 separable, so forward applies a 2-tap 1-D interpolation along W, then along H,

@@ -1,4 +1,5 @@
-"""``Upsample``: max-unpooling of SegNet and ENet (caffe-segnet / caffe-enet, ZOO.md §1.4).
+"""``Upsample``: max-unpooling of SegNet and ENet (``upsample_layer.cpp`` of
+alexgkendall/caffe-segnet and TimoSaemann/caffe-enet).
 
 Bottoms are [data, mask], both (N, C, h, w); the mask is the second top of a
 MAX Pooling layer and holds, per cell, the flat index ``row * W_out + col`` of

@@ -2,7 +2,7 @@
 
 Writes ``evaluation/prototxt/icnet_cityscapes.prototxt`` (BN folded into the
 convolutions, every conv with a bias; the deploy of the paper's
-``icnet_cityscapes_train_30k.caffemodel``, ZOO.md section 3.2) layer for
+``icnet_cityscapes_train_30k.caffemodel``) layer for
 layer; ``bn_merged=False`` writes the ``_bnnomerge`` twin instead (bias-free
 convs, each followed by the fork's 4-blob ``<conv>/bn``).
 

@@ -1,7 +1,7 @@
 """Multiscale (MSC) nets: any zoo model run at several input scales, fused.
 
 The zoo family ``multiscale`` registers the released DeepLab v2 ResNet-101
-MSC net (ZOO.md 3.8, ATTACKS.md 5); :func:`multiscale_net` wraps *any* zoo
+MSC net (deeplab-public-ver2); :func:`multiscale_net` wraps *any* zoo
 model the same way, which is how FCN-8s is made multiscale at test time
 (supplementary A4.2) and how the single-scale members of either are
 addressed for the transfer study (:func:`parse_member`, ``NAME@0.5``).
@@ -39,7 +39,7 @@ Structure of the generated net, for scales ``(1, 0.75, 0.5)``::
   DeepLab's Interp zoom 8) are applied once, to the fused blob.
 
 Layer names of DeepLab's official MSC test prototxt could not be verified
-(ZOO.md section 5); the fused blob ``fc_fusion`` follows DeepLab v2's MSC
+(it ships only inside the release zip on liangchiehchen.com); the fused blob ``fc_fusion`` follows DeepLab v2's MSC
 training definitions. See docs/FIDELITY.md, "Multiscale and transfer".
 """
 import json

@@ -2,7 +2,7 @@
 
 Straight-line NetSpec code that writes the deploy definitions
 ``evaluation/prototxt/pspnet101_{VOC2012_473,cityscapes_713}.prototxt``
-layer for layer (ZOO.md section 3.3): same layer names and order, same blob
+layer for layer: same layer names and order, same blob
 names, the fork's ``BN`` (4 blobs) and ``Interp`` as our Python layers.
 
 Architecture
