@@ -2,7 +2,7 @@
 
 Tiers: pure Python (naming, Interp factors, member addressing, and the full
 size DeepLab v2 ResNet-101 MSC definition checked by shape inference against
-the single-scale net and ZOO.md 3.8); Caffe, on small nets with random
+the single-scale net and the published DeepLab v2 facts); Caffe, on small nets with random
 weights (scores against a numpy reference built from separately run
 single-scale nets, finite-difference input gradients, MAX routing, weight
 sharing through a caffemodel).
@@ -76,7 +76,7 @@ def _layers(name):
 
 
 def test_full_size_msc_conforms_to_the_single_scale_net_and_zoo_md():
-    """Layer names, parameter shapes and sharing, resize sizes and fusion (ZOO.md 3.8)."""
+    """Layer names, parameter shapes and sharing, resize sizes and fusion (DeepLab v2 MSC)."""
     text, msc = _layers(MSC)
     _, single = _layers(SINGLE)
     by_name = {l.name: l for l in msc}
@@ -100,7 +100,8 @@ def test_full_size_msc_conforms_to_the_single_scale_net_and_zoo_md():
     assert "MAX" in text.split('name: "fc_fusion"', 1)[1].split("layer {", 1)[0]
     assert msc[-1].name == "fc1_interp" and msc[-1].bottoms == ["fc_fusion"]
     assert msc[-1].top_shapes == [(1, 21, 513, 513)]
-    # one copy of the weights: ZOO.md's 44,153,980 = 168.43 MiB (Table A4: 168.4)
+    # one copy of the weights: 44,153,980 = 168.43 MiB, the count of DrSleep's
+    # single-scale deploy computed independently (Table A4: 168.4)
     assert M.shared_param_count(text) == 44153980
     assert shapes.param_count(text) == 3 * 44153980
 

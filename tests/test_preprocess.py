@@ -13,7 +13,8 @@ DILATION_VOC_MEAN = [102.93, 111.36, 116.52]
 DILATION_CS_MEAN = [72.39, 82.91, 73.16]
 PSP_MEAN = [103.939, 116.779, 123.68]
 
-# The paper's protocols (ATTACKS.md section 2, ZOO.md section 3), keyed by model.
+# The paper's protocols (the authors' and the model repositories' evaluation
+# scripts, as docs/FIDELITY.md records them), keyed by model.
 PROTOCOLS = {
     "fcn8s_voc": {"mean_bgr": VOC_MEAN, "resize": None,
                   "pad": {"mode": "constant", "canvas": [513, 513]}, "scores_to_labels": "crop"},

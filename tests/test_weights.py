@@ -175,7 +175,8 @@ def test_every_input_block_is_a_preprocess_protocol(manifest):
 
 def test_known_checksum_facts(manifest):
     m = manifest["models"]
-    # ZOO.md §4: the repo/third-party full values explain the paper's 31 digits.
+    # the full values published elsewhere (hszhao/ICNet's README, a third-party
+    # README for CRF-RNN) explain the paper's 31 digits.
     for name in ("icnet_cityscapes", "crfrnn_voc"):
         assert len(m[name]["paper_md5"]) == 31 and len(m[name]["md5"]) == 32
         assert matches_truncated(m[name]["md5"], m[name]["paper_md5"])

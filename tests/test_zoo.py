@@ -83,8 +83,8 @@ def test_deconvolution_and_group_parameter_shapes():
     assert up.top_shapes == [(1, 19, 8 * 7, 8 * 5)] and up.param_shapes == [(19, 1, 16, 16)]
 
 
-# Reference counts computed independently in ZOO.md (its own parser) from the
-# published deploys; our reader must give the same numbers on the same files.
+# Reference counts computed independently (another parser) from the published
+# deploys; our reader must give the same numbers on the same files.
 @pytest.mark.skipif(not REFERENCE.is_dir(), reason="reference prototxt folder absent")
 @pytest.mark.parametrize("filename, params", [
     ("fcn8s_vgg_voc.deploy.prototxt", 134489759),
@@ -113,7 +113,7 @@ TABLE_A4_ELSEWHERE = {
 }
 
 
-# Deploys that hold every stored blob (ZOO.md): Table A4 = params x 4 / 2**20.
+# Deploys that hold every stored blob: Table A4 = params x 4 / 2**20.
 @pytest.mark.parametrize("name", ALL)
 def test_parameter_count_reproduces_table_a4(name):
     spec = zoo.get(name)
@@ -127,7 +127,7 @@ def test_parameter_count_reproduces_table_a4(name):
 
 def test_fcn_resnet101_design_count():
     # our design, not a reproduction: DeepLab's ResNet-101 trunk without ASPP
-    # (ZOO.md: 42,605,608) + 1x1 score layers with bias on 2048/1024/512
+    # (42,605,608) + 1x1 score layers with bias on 2048/1024/512
     # channels + two full 21x21x4x4 deconvs + one group 21x1x16x16 deconv.
     trunk = 44153980 - 4 * (21 * 2048 * 9 + 21)
     assert trunk == 42605608

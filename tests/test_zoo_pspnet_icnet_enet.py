@@ -10,7 +10,8 @@ inference). Beyond those, per family:
   order, Dropout ratio -- a wrong dilation with a matching pad keeps every
   shape, so shapes alone would not catch it (the mutation tests prove this
   comparison fails when it should);
-- deploy parameter counts against ZOO.md's independent computation, and the
+- deploy parameter counts against an independent computation (another parser
+  over the published deploys), and the
   Table A4 gaps (PSPNet auxiliary branch, ENet's decimal MB);
 - the input-size rules (pyramid pooling windows, ICNet's cascade sizes,
   ENet's multiple of 8) in closed form and through shape inference;
@@ -257,7 +258,8 @@ def test_comparison_catches_mutations(mutation):
 
 # ------------------------------------------------------- parameter counts
 
-# Deploy parameter counts computed by ZOO.md (its own parser and shape rules).
+# Deploy parameter counts computed independently (another parser and shape rules)
+# from the published deploys.
 DEPLOY_PARAMS = {
     "pspnet101_voc": 65819349,
     "pspnet101_cityscapes": 65818323,
@@ -415,7 +417,7 @@ def test_icnet_bnnomerge_variant_matches_its_deploy():
     ours = describe(text_format.MessageToString(net))
     diffs = differences(ours, describe(reference("icnet_cityscapes_bnnomerge.deploy.prototxt")))
     assert not diffs, "\n".join(diffs)
-    assert sum(math.prod(p) for row in ours for p in row[5]) == 6728534   # ZOO.md
+    assert sum(math.prod(p) for row in ours for p in row[5]) == 6728534   # computed independently
 
 
 @pytest.mark.parametrize("name,hw", [("icnet_cityscapes", (100, 100)), ("enet_cityscapes", (36, 64)),
