@@ -34,9 +34,10 @@ import torch
 import torch.nn.functional as F
 
 from caffe_attacks.caffe_geometry import (INTERP_KEYS, UPSAMPLE_KEYS, check_interp_params,
-                                          conv_window, crop_offsets, interp_output_size, last,
-                                          parse_param_str, pool_output_hw, pool_window,
-                                          python_param_str, upsample_output_size)
+                                          conv_window, crop_offsets, crop_output_shape,
+                                          interp_output_size, last, parse_param_str,
+                                          pool_output_hw, pool_window, python_param_str,
+                                          upsample_output_size)
 from caffe_attacks.layers import bn, meanfield
 
 # Enum values as integers, for prototxts written by old tools.
@@ -130,6 +131,7 @@ def _crop(layer):
 
     def op(bottoms, blobs):
         x, like = bottoms
+        crop_output_shape(tuple(x.shape), tuple(like.shape), cp)   # raises where Caffe CHECK-fails
         axis, offsets = crop_offsets(cp, x.dim())
         index = [slice(None)] * axis
         index += [slice(off, off + like.shape[d]) for d, off in zip(range(axis, x.dim()), offsets)]

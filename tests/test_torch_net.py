@@ -27,7 +27,7 @@ from caffe_attacks.caffe_geometry import (interp_output_size, layer_type,  # noq
                                           parse_prototxt, upsample_output_size)
 from caffe_attacks.caffemodel_reader import WeightShapeError  # noqa: E402
 from caffe_attacks.layers import bn, interp, meanfield, upsample  # noqa: E402
-from caffe_attacks.torch_layers import SUPPORTED_TYPES  # noqa: E402
+from caffe_attacks.torch_layers import SUPPORTED_TYPES, make_op  # noqa: E402
 from caffe_attacks.torch_net import TorchNet  # noqa: E402
 from tests import protowire  # noqa: E402
 from tests.conftest import requires_caffe  # noqa: E402
@@ -288,6 +288,19 @@ layer { name: "cat" type: "Concat" bottom: "crop" bottom: "crop" top: "cat" }
     net.set_params({"bn": [mean, var, np.zeros(1)]})
     y, _ = _grad(net, {"data": x}, "bn", np.zeros(x.shape))
     np.testing.assert_allclose(y, (x / np.sqrt(0.01)) * as32(gamma) + as32(beta), rtol=1e-9)
+
+
+def test_crop_refuses_a_window_past_the_bottom():
+    # the graph infers shapes at the definition's size; a larger crop reference
+    # at run time must fail as Caffe's CHECK does, not silently return less
+    layer = parse_prototxt('layer { name: "c" type: "Crop" bottom: "x" bottom: "r" top: "c" '
+                           'crop_param { axis: 2 offset: 2 } }')["layer"][0]
+    op = make_op(layer, "Crop")
+    x = torch.arange(25.0).reshape(1, 1, 5, 5)
+    np.testing.assert_array_equal(op([x, torch.zeros(1, 1, 3, 3)], [])[0][0, 0],
+                                  x[0, 0, 2:5, 2:5])
+    with pytest.raises(ValueError, match="exceeds"):
+        op([x, torch.zeros(1, 1, 4, 4)], [])
 
 
 # ------------------------------------------------------- Python layers
