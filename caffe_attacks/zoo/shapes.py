@@ -8,10 +8,13 @@ milliseconds; the torch engine builds its graph on it.
 
 Examples
 --------
->>> net = parse_prototxt('layer { name: "c" type: "Convolution" bottom: "data" '
+>>> net = parse_prototxt('input: "data" input_shape { dim: 1 dim: 3 dim: 10 dim: 10 } '
+...     'layer { name: "c" type: "Convolution" bottom: "data" '
 ...     'top: "c" convolution_param { num_output: 8 kernel_size: 3 } }')
->>> infer(net, {"data": (1, 3, 10, 10)})[0].top_shapes
+>>> infer(net)[0].top_shapes
 [(1, 8, 8, 8)]
+>>> infer(net, {"data": (1, 3, 20, 12)})[0].top_shapes
+[(1, 8, 18, 10)]
 """
 import math
 from dataclasses import dataclass, field
