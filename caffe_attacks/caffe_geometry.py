@@ -6,7 +6,7 @@ Two things every part of the toolkit needs and that must agree everywhere:
   nested dicts (enough for net definitions, including the custom fields of the
   PSPNet / DeepLab / SegNet / CRF-RNN forks that BVLC's ``caffe_pb2`` rejects);
   :func:`parse_param_str` reads the JSON ``param_str`` of our Python layers.
-* **output sizes.** Convolution floors (C++ integer division), Deconvolution
+* **output sizes.** Convolution divides as C++ does (towards zero), Deconvolution
   is ``s (i - 1) + d (k - 1) + 1 - 2 p``, Pooling ceils and then drops a last
   window that starts in the padding, Crop takes the reference's size at an
   offset, and the forks' Interp and Upsample follow their own rules.  The
@@ -15,9 +15,10 @@ Two things every part of the toolkit needs and that must agree everywhere:
   (identical in deeplab-public-ver2) and alexgkendall/caffe-segnet
   ``src/caffe/layers/upsample_layer.cpp``.
 
-The zoo's shape inference (``zoo.shapes``), both engines and the Python
-layers take their sizes from here.  This module imports nothing of the
-project, nor caffe or torch.
+The zoo's generators and shape inference (``zoo.shapes``), the torch engine
+and the Python layers take their sizes from here, and both engines read
+definitions with it (pycaffe then applies the same rules itself; the tests
+compare).  This module imports nothing of the project, nor caffe or torch.
 
 Examples
 --------
