@@ -22,12 +22,12 @@ naming the file and the layers:
   * the layer is a ``MultiStageMeanfield`` Python layer, whose blobs its
     ``param_str`` initialises (the ``+crf`` nets' ``crf`` layer).
 
-Works on the nested dicts of ``zoo.shapes.parse_prototxt``; imports no engine.
+Works on the nested dicts of ``caffe_geometry.parse_prototxt``; imports no engine.
 """
 import difflib
 import importlib
 
-from caffe_attacks.zoo import shapes
+from caffe_attacks.caffe_geometry import last, layer_type, net_inputs, parse_prototxt
 
 # Python layers whose parameter blobs their own param_str defines
 PARAM_STR_FILLED = ("caffe_attacks.layers.meanfield.MultiStageMeanfield",)
@@ -54,11 +54,6 @@ class UnfilledParamsError(ValueError):
         self.layers = layers
 
 
-def _one(msg, key, default=None):
-    values = (msg or {}).get(key)
-    return values[-1] if values else default
-
-
 def describe(prototxt):
     """A short name for a prototxt given as a path or as text, for messages."""
     text = str(prototxt)
@@ -78,13 +73,13 @@ def in_test_net(layer):
     """Whether a TEST-phase net has this layer (Caffe's phase rules; stages ignored)."""
     include, exclude = layer.get("include", []), layer.get("exclude", [])
     if include:
-        return any(_one(rule, "phase", "TEST") == "TEST" for rule in include)
-    return not any(_one(rule, "phase") == "TEST" for rule in exclude)
+        return any(last(rule, "phase", "TEST") == "TEST" for rule in include)
+    return not any(last(rule, "phase") == "TEST" for rule in exclude)
 
 
 def _python_class_problem(layer):
-    param = _one(layer, "python_param", {})
-    module, cls = _one(param, "module"), _one(param, "layer")
+    param = last(layer, "python_param", {})
+    module, cls = last(param, "module"), last(param, "layer")
     if not module or not cls:
         return "a Python layer needs python_param { module: ... layer: ... }"
     try:
@@ -101,7 +96,7 @@ def check_definition(net, known_types, where="the definition", engine="this engi
 
     Parameters
     ----------
-    net : dict from ``zoo.shapes.parse_prototxt``
+    net : dict from ``caffe_geometry.parse_prototxt``
     known_types : the engine's layer types; a Python layer's class is checked
         too when "Python" is among them (Caffe), and matched as
         "Python:<module>.<class>" otherwise (the torch engine)
@@ -112,15 +107,15 @@ def check_definition(net, known_types, where="the definition", engine="this engi
     if not layers:
         raise DefinitionError("%s defines no layers (an empty or truncated prototxt?)" % where)
     known = frozenset(known_types) if version == "V2" else V1_TYPES
-    available = set(shapes.net_inputs(net))
+    available = set(net_inputs(net))
     for index, layer in enumerate(layers):
         if not in_test_net(layer):
             continue
-        name = _one(layer, "name", "#%d" % (index + 1))
-        ltype = _one(layer, "type")
+        name = last(layer, "name", "#%d" % (index + 1))
+        ltype = last(layer, "type")
         if ltype is None:
             raise DefinitionError("%s: layer %r has no type" % (where, name))
-        full_type = shapes.layer_type(layer) if version == "V2" else ltype
+        full_type = layer_type(layer) if version == "V2" else ltype
         if ltype not in known and full_type not in known:
             close = difflib.get_close_matches(str(ltype), sorted(known), n=3)
             raise DefinitionError("%s: layer %r has type %r, which %s does not know%s"
@@ -157,17 +152,17 @@ def filled_by_definition(net, loaded, param_blobs=None):
     first_holder, holders = {}, {}
     for layer in layers:
         for spec in layer.get("param", []):
-            key = _one(spec, "name")
+            key = last(spec, "name")
             if key:
-                first_holder.setdefault(key, _one(layer, "name"))
-                holders.setdefault(key, set()).add(_one(layer, "name"))
+                first_holder.setdefault(key, last(layer, "name"))
+                holders.setdefault(key, set()).add(last(layer, "name"))
     filled = set()
     for layer in layers:
-        name, ltype = _one(layer, "name"), shapes.layer_type(layer)
+        name, ltype = last(layer, "name"), layer_type(layer)
         if ltype in ("Python:" + c for c in PARAM_STR_FILLED):
             filled.add(name)
             continue
-        keys = [_one(spec, "name") for spec in layer.get("param", [])]
+        keys = [last(spec, "name") for spec in layer.get("param", [])]
         if not keys or not all(keys) or len(keys) < param_blobs.get(name, 0):
             continue
         if ltype == "BatchNorm" and len(keys) == 3:
@@ -184,7 +179,7 @@ def unfilled_layers(net, param_blobs, loaded):
 
     Parameters
     ----------
-    net : dict from ``zoo.shapes.parse_prototxt``
+    net : dict from ``caffe_geometry.parse_prototxt``
     param_blobs : {layer name: number of parameter blobs} as the engine built them
     loaded : names of the layers the caffemodel filled
     """
@@ -213,7 +208,7 @@ def require_filled(net, param_blobs, loaded, weights, where):
 def parse(text, where="the definition"):
     """Parse prototxt text into nested dicts (DefinitionError naming `where` if it cannot)."""
     try:
-        return shapes.parse_prototxt(text)
+        return parse_prototxt(text)
     except (ValueError, IndexError) as e:
         raise DefinitionError("cannot parse net definition %s: %s" % (where, e)) from None
 
@@ -228,8 +223,9 @@ def check_caffemodel_fills(net, model, weights, where):
     UnfilledParamsError for layers left unfilled (as :func:`require_filled`).
     """
     from caffe_attacks.caffemodel_reader import WeightShapeError, shapes_compatible
+    from caffe_attacks.zoo.shapes import infer
     try:
-        inferred = shapes.infer(net)
+        inferred = infer(net)
     except (ValueError, KeyError, IndexError, TypeError) as e:
         raise DefinitionError("cannot work out the parameter shapes of %s: %s" % (where, e)) \
             from None

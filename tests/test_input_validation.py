@@ -67,23 +67,24 @@ def _with(**changes):
 
 
 @pytest.mark.parametrize("d, message", [
-    (_with(mean_bgr=5), "mean_bgr needs 3 values"),
-    (_with(mean_bgr=[1.0, float("nan"), 3.0]), r"mean_bgr must be a number in \[0, 255\]"),
+    (_with(mean_bgr=5), "mean_bgr must be"),
+    (_with(mean_bgr=[1.0, float("nan"), 3.0]), r"mean_bgr must be .*in \[0, 255\]"),
     (_with(mean_bgr=[1.0, 2.0, float("inf")]), "mean_bgr must be"),
     (_with(mean_bgr=[1.0, 2.0, 300.0]), "mean_bgr must be"),
-    (_with(mean_bgr=[1.0, 2.0, "3"]), "mean_bgr must be a number"),
-    (_with(pad={"mode": "constant", "canvas": [0, 513]}), "pad canvas must be an integer"),
-    (_with(pad={"mode": "constant", "canvas": [float("nan"), 513]}), "pad canvas"),
-    (_with(pad={"mode": "constant", "canvas": 513}), r"pad canvas must be \[H, W\]"),
-    (_with(pad={"mode": "reflect101", "margin": -1}), "pad margin"),
-    (_with(pad="constant"), "pad must be a JSON object"),
-    (_with(pad=None, resize={"long_side": 1e9}), "resize long_side"),
-    (_with(pad=None, resize={"size": [512, float("inf")]}), "resize height"),
+    (_with(mean_bgr=[1.0, 2.0, "3"]), "mean_bgr must be"),
+    (_with(pad={"mode": "constant", "canvas": [0, 513]}), "constant pad"),
+    (_with(pad={"mode": "constant", "canvas": [float("nan"), 513]}), "constant pad"),
+    (_with(pad={"mode": "constant", "canvas": [100000, 513]}), "constant pad"),
+    (_with(pad={"mode": "constant", "canvas": 513}), "constant pad"),
+    (_with(pad={"mode": "reflect101", "margin": -1}), "reflect101 pad"),
+    (_with(pad="constant"), "pad must be"),
+    (_with(pad=None, resize={"long_side": 10 ** 9}), "resize must be"),
+    (_with(pad=None, resize={"size": [512, float("inf")]}), "resize must be"),
     (_with(pad=None, resize={"size": 512}), "resize must be"),
-    (5, "must be a JSON object"),
-    ([1, 2, 3], "must be a JSON object"),
+    (5, "must be an object"),
+    ([1, 2, 3], "must be an object"),
 ], ids=["mean-scalar", "mean-nan", "mean-inf", "mean-300", "mean-str", "canvas-0",
-        "canvas-nan", "canvas-scalar", "margin-neg", "pad-str", "long-side-huge",
+        "canvas-nan", "canvas-huge", "canvas-scalar", "margin-neg", "pad-str", "long-side-huge",
         "size-inf", "size-scalar", "number", "list"])
 def test_a_bad_protocol_is_one_value_error_naming_the_key(d, message):
     with pytest.raises(ValueError, match=message):

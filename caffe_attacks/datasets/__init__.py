@@ -13,10 +13,10 @@ from .cityscapes import CityscapesSegmentation
 from .common import DatasetError, Sample
 from .voc import VOCSegmentation
 
-KINDS = ("voc", "cityscapes", "synthetic")
+DATASET_KINDS = ("voc", "cityscapes", "synthetic")   # the `kind` of open_dataset
 SYNTHETIC_META = "synthetic.json"
 
-__all__ = ["open_dataset", "Sample", "DatasetError", "KINDS", "VOCSegmentation",
+__all__ = ["open_dataset", "Sample", "DatasetError", "DATASET_KINDS", "VOCSegmentation",
            "CityscapesSegmentation"]
 
 
@@ -74,7 +74,7 @@ def open_dataset(kind, root, split="val", **opts):
     elif kind == "synthetic":
         dataset = _open_synthetic(root, split, **opts)
     else:
-        raise ValueError(f"unknown dataset kind {kind!r}; expected one of {KINDS}")
+        raise ValueError(f"unknown dataset kind {kind!r}; expected one of {DATASET_KINDS}")
     if not dataset.ids:
         skipped = len(dataset.skipped)
         raise DatasetError(root, f"split {split!r} has no images"
