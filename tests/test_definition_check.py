@@ -238,3 +238,16 @@ def test_finite_inputs_still_run(engine):
     x = np.random.default_rng(0).normal(0, 30, (1, 3, 96, 128)).astype(np.float32)
     scores = net.forward(x)
     assert np.isfinite(net.input_gradient(x, np.ones_like(scores))).all()
+
+
+def test_torch_device_requests_are_checked_against_the_build():
+    torch = pytest.importorskip("torch")
+    from caffe_attacks.torch_net import TorchNet
+    with pytest.raises(ValueError, match="bad --device 'gpu0'"):
+        TorchNet(str(TINY), str(TINY_WEIGHTS), device="gpu0")
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="only %d CUDA device" % torch.cuda.device_count()):
+            TorchNet(str(TINY), str(TINY_WEIGHTS), device="cuda:%d" % torch.cuda.device_count())
+    else:
+        with pytest.raises(ValueError, match="no CUDA device"):
+            TorchNet(str(TINY), str(TINY_WEIGHTS), device="cuda")
