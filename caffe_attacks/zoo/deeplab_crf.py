@@ -59,10 +59,10 @@ def build(spec, input_hw, num_iterations=None, **options):
     """
     from caffe_attacks import zoo
     from caffe_attacks.layers.meanfield import deeplab_crf_layer
-    from caffe_attacks.zoo.multiscale import _parse
+    from caffe_attacks.zoo.multiscale import parse_net_parameter
 
     base, logits = BASES[spec.name]
-    net = _parse(zoo.build(base, input_hw=input_hw, **options))
+    net = parse_net_parameter(zoo.build(base, input_hw=input_hw, **options))
     crf = deeplab_crf_layer(spec.num_classes)
     param_str = crf["param_str"]
     if num_iterations is not None:
