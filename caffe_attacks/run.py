@@ -111,7 +111,7 @@ def summary_meta(result, options):
             "weights_verified": rm.verified, "dataset": options.dataset,
             "data_dir": options.data_dir, "split": options.split, "n_images": len(result.ids),
             "partial": options.limit is not None,
-            "skipped": [list(s) for s in getattr(result.dataset, "skipped", [])]}
+            "skipped": [list(s) for s in result.dataset.skipped]}
 
 
 def main(argv=None):

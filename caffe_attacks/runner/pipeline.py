@@ -150,7 +150,7 @@ def attack_batch(samples, source, targets, store, options, examples=None):
     Every image gets what it would get alone (the attacks treat the rows of a
     batch independently: the summed loss's gradient for a row is that row's).
     Attack time is shared evenly over the images and eps of a call. Returns
-    the number of records added.
+    the number of records added (0 without a store).
     """
     prepared = [source.protocol.prepare(s.image) for s in samples]
     x = np.concatenate([p[0] for p in prepared])
@@ -223,4 +223,4 @@ def attack_batch(samples, source, targets, store, options, examples=None):
             white = [v for v in views if v.white_box]
             pred_clean = white[0].clean[i][4] if white else None
             examples.save(s, source, x[i:i + 1], ctxs[i], pred_clean, shown[i])
-    return sum(len(r) for r in records)
+    return 0 if store is None else sum(len(r) for r in records)
