@@ -150,8 +150,7 @@ def _caffe_pb2():
     return caffe_pb2
 
 
-def parse_net_parameter(text):
-    """Prototxt text -> caffe_pb2.NetParameter (needs pycaffe's protobuf module)."""
+def _parse(text):
     from google.protobuf import text_format
     net = _caffe_pb2().NetParameter()
     text_format.Merge(text, net)
@@ -254,7 +253,7 @@ def multiscale_net(base, input_hw=None, scales=SCALES, fusion="max", fuse_blob=N
         raise ValueError("%s is already multiscale; wrap its base %s"
                          % (base, RECIPES[base].base))
     hw = tuple(int(v) for v in (input_hw or spec.reference_input))
-    base_net = parse_net_parameter(zoo.build(base, input_hw=hw, **options))
+    base_net = _parse(zoo.build(base, input_hw=hw, **options))
     ms = wrap(base_net, spec.input_blob, spec.score_blob, scales, fusion,
               fuse_blob or DEFAULT_FUSE_BLOB.get(base, spec.score_blob), fused_blob)
     ms.net.name = "%s_msc" % base
@@ -278,7 +277,7 @@ def wrap(base_net, input_blob, score_blob, scales=SCALES, fusion="max", fuse_blo
     MultiscaleNet
     """
     if isinstance(base_net, str):
-        base_net = parse_net_parameter(base_net)
+        base_net = _parse(base_net)
     if fusion not in FUSIONS:
         raise ValueError("fusion must be one of %s, got %r" % (FUSIONS, fusion))
     scales = tuple(_check_scale(s) for s in scales)

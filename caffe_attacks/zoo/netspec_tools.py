@@ -41,6 +41,24 @@ def net_spec():
     return importlib.import_module("caffe").NetSpec()
 
 
+def caffe_pb2():
+    """pycaffe's ``caffe.proto.caffe_pb2`` (the NetParameter message classes)."""
+    return importlib.import_module("caffe.proto.caffe_pb2")
+
+
+def net_parameter(text):
+    """A ``caffe_pb2.NetParameter`` from prototxt text (BVLC fields only)."""
+    text_format = importlib.import_module("google.protobuf.text_format")
+    net = caffe_pb2().NetParameter()
+    text_format.Merge(text, net)
+    return net
+
+
+def net_text(net):
+    """Prototxt text of a ``caffe_pb2.NetParameter``, as protobuf writes it."""
+    return importlib.import_module("google.protobuf.text_format").MessageToString(net)
+
+
 # param specs as in the original deploys: weights lr 1, biases lr 2 / no decay
 LEARNED = [dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)]
 LEARNED_NO_BIAS = [dict(lr_mult=1, decay_mult=1)]
