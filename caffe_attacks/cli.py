@@ -14,7 +14,11 @@ DEFAULT_RESUME_HINT = "finished images are saved — run the same command to res
 
 
 def _anticipated():
-    """Exception types that mean bad input (or a busy store), not a bug."""
+    """Exception types that mean bad input (or a busy store), not a bug.
+
+    Imported only when something failed: the weights and zoo CLIs need
+    neither h5py (the store) nor the dataset readers.
+    """
     from caffe_attacks.datasets import DatasetError
     from caffe_attacks.store import StoreLocked
     return (UsageError, DatasetError, StoreLocked, FileNotFoundError, ValueError)

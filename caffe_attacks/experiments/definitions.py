@@ -64,7 +64,7 @@ def normalize_id(text, prefix=None):
     return "%s_%s" % (kind, m.group(2).upper())
 
 
-def sort_key(exp_id):
+def _sort_key(exp_id):
     m = re.fullmatch(r"(\w+?)_A(\d+)", exp_id)
     return (m.group(1), int(m.group(2))) if m else (exp_id, 0)
 
@@ -74,7 +74,7 @@ def list_ids(kind=None, directory=EXPERIMENTS_DIR):
     ids = [p.stem for p in Path(directory).glob("*.json")]
     if kind:
         ids = [i for i in ids if i.startswith(kind + "_")]
-    return sorted(ids, key=sort_key)
+    return sorted(ids, key=_sort_key)
 
 
 def load(exp_id, directory=EXPERIMENTS_DIR):
@@ -202,7 +202,7 @@ def expand_columns(defn):
     return [dict(c) for c in cols]
 
 
-def merge(*parts):
+def _merge(*parts):
     """Later parts override earlier ones; 'options' and 'match' dicts merge key by key."""
     out = {}
     for part in parts:
@@ -230,13 +230,13 @@ class Cell:
     note: str = None
 
 
-TABLE_LEVEL = ("model", "dataset", "split", "attack", "options", "engine", "match")
+_TABLE_LEVEL = ("model", "dataset", "split", "attack", "options", "engine", "match")
 
 
 def table_cells(defn):
     """(row labels, column labels, [Cell]) of a table definition (row-major)."""
     columns = expand_columns(defn)
-    base = {k: defn[k] for k in TABLE_LEVEL if k in defn}
+    base = {k: defn[k] for k in _TABLE_LEVEL if k in defn}
     cells = []
     for r, row in enumerate(defn["rows"]):
         paper = row.get("paper") or [None] * len(columns)
@@ -247,20 +247,20 @@ def table_cells(defn):
                 cells.append(Cell(r, c, None, value, False, row.get("note")))
                 continue
             col_q = {k: v for k, v in col.items() if k not in DESCRIPTIVE_KEYS}
-            q = merge(base, col_q, row_q)
+            q = _merge(base, col_q, row_q)
             if col.get("attack") == "clean":
                 q["attack"] = "clean"      # the eps = 0 column is clean whatever the row attacks
             if q.get("attack") == "clean":
                 q["eps"] = 0.0
                 q.pop("options", None)
-            q = flatten_match(q)
+            q = _flatten_match(q)
             runnable = (row.get("run", True) and set(q) <= RUNNER_FIELDS
                         and "@" not in str(q.get("model", "")))
             cells.append(Cell(r, c, q, value, runnable, row.get("note")))
     return [row["label"] for row in defn["rows"]], [c["label"] for c in columns], cells
 
 
-def flatten_match(q):
+def _flatten_match(q):
     """Fields under 'match' become plain query fields (a transfer source, a variant)."""
     q = dict(q)
     q.update(q.pop("match", {}) or {})

@@ -30,10 +30,10 @@ def _defaults(attack):
     return tuple(record_options(RunOptions(), attack).items())
 
 
-def values_match(have, want):
+def _values_match(have, want):
     if isinstance(want, dict):
         return isinstance(have, dict) and all(
-            values_match(have.get(k), v) for k, v in want.items())
+            _values_match(have.get(k), v) for k, v in want.items())
     if isinstance(want, (int, float)) and isinstance(have, (int, float)) \
             and not isinstance(want, bool):
         return math.isclose(float(have), float(want), rel_tol=1e-9, abs_tol=1e-12)
@@ -61,7 +61,7 @@ def config_matches(config, query):
     # a CRF variant is all its overrides: {theta_alpha: 1} is not {theta_alpha: 1, w2: 5}
     if isinstance(q.get("crf"), dict) and set(config.get("crf") or {}) != set(q["crf"]):
         return False
-    return all(values_match(config.get(k), v) for k, v in q.items())
+    return all(_values_match(config.get(k), v) for k, v in q.items())
 
 
 def find_config(store, query):
@@ -72,9 +72,9 @@ def find_config(store, query):
     if len(keys) > 1:
         log.info("%d stored configurations match %s; using the one with the most images",
                  len(keys), query)
-    return max(keys, key=lambda k: (len(ids_of(store, k)), k))
+    return max(keys, key=lambda k: (len(_ids_of(store, k)), k))
 
 
-def ids_of(store, key):
+def _ids_of(store, key):
     s = store.summary(key)
     return set(s["ids"]) if s else set()
