@@ -13,7 +13,6 @@ from caffe_attacks import __version__
 from caffe_attacks import runner
 from caffe_attacks.attacks import PAPER_EPS
 from caffe_attacks.cli import run_cli
-from caffe_attacks.datasets import KINDS as DATASET_KINDS
 from caffe_attacks.runner.registry import names as attack_names
 from caffe_attacks.runner.whitebox import run_white_box
 
@@ -54,7 +53,7 @@ def build_parser():
                    help="OpenBLAS threads for Caffe on the CPU (default: OpenBLAS's own); "
                         "1 is fastest for small nets and on a busy machine")
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", required=True, choices=DATASET_KINDS)
+    d.add_argument("--dataset", required=True, choices=runner.DATASET_KINDS)
     d.add_argument("--data-dir", required=True)
     d.add_argument("--split", default=DEFAULTS.split)
     d.add_argument("--limit", type=int, default=None, help="first N images only")

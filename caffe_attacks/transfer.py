@@ -13,7 +13,6 @@ from caffe_attacks import __version__
 from caffe_attacks import runner
 from caffe_attacks.attacks import PAPER_EPS
 from caffe_attacks.cli import run_cli
-from caffe_attacks.datasets import KINDS as DATASET_KINDS
 from caffe_attacks.runner.registry import names as attack_names
 from caffe_attacks.runner.transfer import resolve_net, run_transfer
 from caffe_attacks.store import ResultsStore
@@ -46,7 +45,7 @@ def build_parser():
     m.add_argument("--gpu", type=int, default=None, help="GPU id (CUDA builds of Caffe)")
     m.add_argument("--device", default=None, help="torch engine device")
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", required=True, choices=DATASET_KINDS)
+    d.add_argument("--dataset", required=True, choices=runner.DATASET_KINDS)
     d.add_argument("--data-dir", required=True)
     d.add_argument("--split", default=DEFAULTS.split)
     d.add_argument("--limit", type=int, default=None, help="first N images only")
