@@ -6,6 +6,7 @@ interrupt exits 130 with a hint on how to resume. Anything else is a bug and
 keeps its traceback.
 """
 import logging
+import os
 import sys
 
 from caffe_attacks.errors import UsageError
@@ -36,6 +37,11 @@ def run_cli(body, resume_hint=DEFAULT_RESUME_HINT):
     except KeyboardInterrupt:
         print("\ninterrupted; %s" % resume_hint, file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`... | head`): no traceback, and none at exit
+        # when Python flushes stdout again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyError as e:       # unknown names; the message is the first argument
         print("error: %s" % (e.args[0] if e.args else e), file=sys.stderr)
         return 2

@@ -237,3 +237,20 @@ def test_cli_boundary_exit_codes(capsys):
     assert capsys.readouterr().err.strip() == "interrupted; run it again"
     with pytest.raises(ZeroDivisionError):      # a bug keeps its traceback
         run_cli(fail(ZeroDivisionError()))
+
+
+def test_a_closed_pipe_ends_the_cli_without_a_traceback():
+    import subprocess
+    import sys
+    code = ("import sys; from caffe_attacks.cli import run_cli\n"
+            "def body():\n"
+            "    for i in range(200000):\n"
+            "        print('line %d' % i)\n"
+            "    return 0\n"
+            "sys.exit(run_cli(body))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()                  # as `| head -1` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and "Traceback" not in err, err
