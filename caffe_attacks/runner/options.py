@@ -12,7 +12,7 @@ from typing import Mapping, Optional, Tuple
 
 from caffe_attacks.attacks import ATTACKS, PAPER_EPS, validate_eps
 # the one import of the dataset-kind list for the runner and its CLIs
-from caffe_attacks.datasets import KINDS as DATASET_KINDS
+from caffe_attacks.datasets import DATASET_KINDS
 from caffe_attacks.errors import UsageError
 from caffe_attacks.runner import registry
 
