@@ -31,8 +31,10 @@ import numpy as np
 PAD_MODES = ("constant", "reflect101")
 SCORE_MODES = ("crop", "resize")
 ALIGNS = ("corners", "stride", "half_pixel")
-# every key of an "input" block; score_align is optional (its default follows the pad)
-INPUT_KEYS = ("mean_bgr", "resize", "pad", "scores_to_labels", "score_align")
+# the keys every manifest "input" block writes, and every key an "input" block
+# may have (score_align is optional: its default follows the pad)
+REQUIRED_INPUT_KEYS = ("mean_bgr", "resize", "pad", "scores_to_labels")
+INPUT_KEYS = REQUIRED_INPUT_KEYS + ("score_align",)
 
 
 @dataclass(frozen=True)

@@ -519,8 +519,8 @@ def test_weights_from_a_caffemodel_and_shape_errors(tmp_path):
 
 
 def test_run_cli_loads_the_torch_engine():
-    from caffe_attacks.run import _load_engine
-    model = _load_engine("torch", TINY, None, None, "data", "score", "cpu")
+    from caffe_attacks.runner import load_engine
+    model = load_engine("torch", TINY, None, None, "data", "score", "cpu")
     assert isinstance(model, TorchNet) and model.num_classes == 5
 
 

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import Optional, Union
 
 from caffe_attacks.datasets import DATASET_KINDS
-from caffe_attacks.preprocess import INPUT_KEYS, Protocol
+from caffe_attacks.preprocess import INPUT_KEYS, REQUIRED_INPUT_KEYS, Protocol
 
 MANIFEST_PATH = Path(__file__).resolve().parents[2] / "weights_manifest.json"
 REPO_ROOT = MANIFEST_PATH.parent
@@ -65,14 +65,14 @@ def _is_number(value) -> bool:
 
 def validate_input_block(block, where: str) -> list:
     """Problems with one ``"input"`` block: ``preprocess.Protocol.from_dict``
-    is its schema; the manifest also writes every key but the optional
-    ``score_align``, so a block reads the same to a person as to the code."""
+    is its schema; the manifest also writes every required key, so a block
+    reads the same to a person as to the code."""
     if not isinstance(block, dict):
         return ["%s: input must be an object" % where]
-    required = set(INPUT_KEYS) - {"score_align"}
-    if not required <= set(block):
-        return ["%s: input keys %s, expected %s (+ score_align)"
-                % (where, sorted(block), sorted(required))]
+    if not set(REQUIRED_INPUT_KEYS) <= set(block):
+        return ["%s: input keys %s, expected %s and optionally %s"
+                % (where, sorted(block), list(REQUIRED_INPUT_KEYS),
+                   [k for k in INPUT_KEYS if k not in REQUIRED_INPUT_KEYS])]
     try:
         Protocol.from_dict(block)
     except ValueError as err:
