@@ -62,6 +62,7 @@ class CaffeNet:
     score_blob : name of the logits blob (default: the net's first output)
     weights_loader : "tolerant" (the project's reader: tolerates forks' fields)
                      or "caffe" (Net.copy_from)
+    filler_seed : seed of Caffe's random fillers (None: Caffe's own, unseeded)
 
     The definition is checked before Caffe sees it (definition_check: a bad
     one would abort the process), ``gpu`` against the build, and a tolerant
@@ -70,7 +71,7 @@ class CaffeNet:
     """
 
     def __init__(self, prototxt, weights=None, *, gpu=None, input_blob=None,
-                 score_blob=None, weights_loader="tolerant"):
+                 score_blob=None, weights_loader="tolerant", filler_seed=None):
         param = prepare_for_attack(load_net_parameter(prototxt))
         self.where = definition_check.describe(prototxt)
         self.definition = definition_check.parse(text_format.MessageToString(param), self.where)
@@ -83,6 +84,8 @@ class CaffeNet:
             require_gpu(gpu)
             caffe.set_device(int(gpu))
             caffe.set_mode_gpu()
+        if filler_seed is not None:
+            caffe.set_random_seed(int(filler_seed))
         with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
             f.write(text_format.MessageToString(param))
             path = f.name

@@ -21,8 +21,12 @@ def _anticipated():
     neither h5py (the store) nor the dataset readers.
     """
     from caffe_attacks.datasets import DatasetError
-    from caffe_attacks.store import StoreLocked
-    return (UsageError, DatasetError, StoreLocked, FileNotFoundError, ValueError)
+    from caffe_attacks.store import StoreError
+    # ValueError covers the engines' and the store's checks on what the user gave
+    # (DefinitionError, UnfilledParamsError, NonFiniteError, GpuUnavailable,
+    # CaffemodelFormatError, InvalidRecord); StoreError a locked, unusable or
+    # full --out
+    return (UsageError, DatasetError, StoreError, FileNotFoundError, ValueError)
 
 
 def run_cli(body, resume_hint=DEFAULT_RESUME_HINT):

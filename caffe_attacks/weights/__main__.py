@@ -7,6 +7,7 @@ import logging
 import sys
 
 from caffe_attacks import weights
+from caffe_attacks.cli import run_cli
 from caffe_attacks.weights.checksum import Status
 
 
@@ -88,16 +89,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        hint = ("what arrived is kept as <file>.part in %s; run the same command to resume"
-                % args.dir) if args.command == "fetch" else "run the same command again"
-        print("\ninterrupted; %s" % hint, file=sys.stderr)
-        return 130
-    except (weights.ManifestError, KeyError) as err:
-        print("error: %s" % (err.args[0] if err.args else err), file=sys.stderr)
-        return 2
+    hint = ("what arrived is kept as <file>.part in %s; run the same command to resume"
+            % args.dir) if args.command == "fetch" else "run the same command again"
+    return run_cli(lambda: args.func(args), resume_hint=hint)
 
 
 if __name__ == "__main__":
