@@ -30,7 +30,7 @@ TINY_MD5 = "32ba2cd3ff1bebd78f2a4c4d8ab23e67"
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("fail") / "data"
-    assert synthetic.main(["--format", "voc", "--out", str(d), "--n", "16", "--seed", "1"]) == 0
+    synthetic.write_voc(str(d), n=16, seed=1)
     return d
 
 
