@@ -21,8 +21,8 @@ from caffe.proto import caffe_pb2  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 
 from caffe_attacks import definition_check  # noqa: E402
-from caffe_attacks.finite import require_finite  # noqa: E402
 from caffe_attacks.caffe_geometry import read_prototxt  # noqa: E402
+from caffe_attacks.finite import require_finite  # noqa: E402
 
 log = logging.getLogger(__name__)
 

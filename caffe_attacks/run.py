@@ -95,7 +95,8 @@ def options_from_args(args):
     return runner.RunOptions(
         model=args.model, prototxt=args.prototxt, weights=args.weights,
         weights_dir=args.weights_dir, allow_unverified=args.allow_unverified,
-        random_init=args.random_init, input_blob=args.input_blob, score_blob=args.score_blob, protocol=args.protocol,
+        random_init=args.random_init, input_blob=args.input_blob, score_blob=args.score_blob,
+        protocol=args.protocol,
         engine=args.engine, gpu=args.gpu, device=args.device, crf=args.crf,
         crf_w2_mode=args.crf_w2_mode, blas_threads=args.blas_threads, dataset=args.dataset,
         data_dir=args.data_dir, split=args.split, limit=args.limit, skip_bad=args.skip_bad,
