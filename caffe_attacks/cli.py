@@ -25,8 +25,9 @@ def _anticipated():
     # ValueError covers the engines' and the store's checks on what the user gave
     # (DefinitionError, UnfilledParamsError, NonFiniteError, GpuUnavailable,
     # CaffemodelFormatError, InvalidRecord); StoreError a locked, unusable or
-    # full --out
-    return (UsageError, DatasetError, StoreError, FileNotFoundError, ValueError)
+    # full --out; OSError a path the user named that cannot be written or read
+    # (its message names the file)
+    return (UsageError, DatasetError, StoreError, ValueError, OSError)
 
 
 def run_cli(body, resume_hint=DEFAULT_RESUME_HINT):

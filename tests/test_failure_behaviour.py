@@ -283,3 +283,15 @@ def test_ctrl_c_exits_130_with_a_resume_hint_in_every_cli(data, tmp_path, capsys
     assert synthetic.main(["--format", "voc", "--out", str(tmp_path / "s")]) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.count("interrupted") == 3
+
+
+def test_unwritable_output_paths_are_one_line(data, tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    args = ["--limit", "1", "--attack", "fgsm", "--eps", "2"]
+    assert run.main(_model_args(data, tmp_path / "a.h5", "--save-examples", str(a_file), "1",
+                                *args)) == 2
+    _one_error_line(capsys, str(a_file), "is not a directory")
+    assert run.main(_model_args(data, tmp_path / "b.h5", "--summary", str(a_file / "s"),
+                                *args)) == 2
+    _one_error_line(capsys, str(a_file / "s"))

@@ -8,6 +8,7 @@ naming the command-line option.
 """
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Tuple
 
@@ -146,6 +147,9 @@ class RunOptions:
                 raise UsageError("--save-examples DIR K: K must be an integer") from None
             if count < 0:
                 raise UsageError("--save-examples DIR K: K must be >= 0")
+            if os.path.exists(str(directory)) and not os.path.isdir(str(directory)):
+                raise UsageError("--save-examples DIR K: %s exists and is not a directory"
+                                 % directory)
             set_("save_examples", (str(directory), count))
 
     def replace(self, **changes):
