@@ -768,3 +768,11 @@ def test_cli_fetch_default_names_and_shared_files(server, tmp_path, capsys):
     assert len(server.log) == 1
     assert cli(["--manifest", str(path), "fetch", "--dir", str(tmp_path / "w"), "private"]) == 1
     assert "never published" in capsys.readouterr().err
+
+
+def test_cli_names_a_manifest_that_is_not_json(tmp_path, capsys):
+    path = tmp_path / "m.json"
+    path.write_text("not json\n")
+    assert cli(["--manifest", str(path), "verify"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: %s is not a JSON weights manifest" % path) and "Traceback" not in err

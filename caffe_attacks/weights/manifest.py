@@ -216,7 +216,10 @@ def load_manifest(path: Optional[Union[str, Path]] = None) -> dict:
     """
     path = Path(path) if path is not None else MANIFEST_PATH
     with open(path, encoding="utf-8") as handle:
-        manifest = json.load(handle)
+        try:
+            manifest = json.load(handle)
+        except ValueError as err:   # JSONDecodeError, or bytes that are not UTF-8
+            raise ManifestError("%s is not a JSON weights manifest: %s" % (path, err)) from None
     validate(manifest)
     return manifest
 
