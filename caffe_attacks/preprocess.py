@@ -7,7 +7,9 @@ A protocol is data (the "input" block of a model in weights_manifest.json):
      "pad": null | {"mode": "constant", "canvas": [H, W]}
                  | {"mode": "reflect101", "margin": 186, "canvas": [H, W] (optional)},
      "scores_to_labels": "crop" | "resize",
-     "score_align": "corners" | "stride" | "half_pixel"   (optional, "resize" only)}
+     "score_align": "corners" | "stride" | "half_pixel"   (optional, "resize" only),
+     "target_blob": "logits" | "probabilities"   (optional; the blob the attacks'
+                    labels and least-likely targets are read from, default logits)}
 
 Forward (`prepare`): float BGR image, minus the mean, bilinear resize
 (cv2.INTER_LINEAR), then padding. A constant pad fills the bottom/right up to
@@ -28,10 +30,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from caffe_attacks.class_rank import TARGET_BLOBS
+
 PAD_MODES = ("constant", "reflect101")
 SCORE_MODES = ("crop", "resize")
 ALIGNS = ("corners", "stride", "half_pixel")
-_KEYS = {"mean_bgr", "resize", "pad", "scores_to_labels", "score_align"}
+_KEYS = {"mean_bgr", "resize", "pad", "scores_to_labels", "score_align", "target_blob"}
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ class Protocol:
     margin: int = 0                 # reflect-101 px on every side
     scores_to_labels: str = "crop"  # "crop" | "resize"
     score_align: str = "corners"    # used when scores_to_labels == "resize"
+    target_blob: str = "logits"     # "logits" | "probabilities" (caffe_attacks.class_rank)
 
     @classmethod
     def from_dict(cls, d):
@@ -173,6 +178,10 @@ class Protocol:
         if align not in ALIGNS:
             raise ValueError(f"score_align must be one of {ALIGNS}, got {align!r}")
         kwargs["score_align"] = align
+        target_blob = d.get("target_blob", "logits")
+        if target_blob not in TARGET_BLOBS:
+            raise ValueError(f"target_blob must be one of {TARGET_BLOBS}, got {target_blob!r}")
+        kwargs["target_blob"] = target_blob
         return cls(**kwargs)
 
     def to_dict(self):
@@ -195,6 +204,8 @@ class Protocol:
              "pad": pad, "scores_to_labels": self.scores_to_labels}
         if self.score_align != _default_align(self.pad_mode):
             d["score_align"] = self.score_align  # only then, so manifests keep the 4 keys
+        if self.target_blob != "logits":
+            d["target_blob"] = self.target_blob
         return d
 
     # -- geometry ---------------------------------------------------------

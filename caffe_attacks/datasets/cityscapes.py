@@ -71,13 +71,14 @@ class CityscapesSegmentation(SegmentationDataset):
     root : str, the directory holding leftImg8bit/ and gtFine/
     split : "train" | "val" | "test"
     size : (W, H) or None; default (1024, 512) as in the paper; None = native
-    image_dtype : "uint8" (default) or "float32". uint8 rounds the bilinear
-        resize to integers; "float32" keeps the fractions, matching the authors'
-        demo, which resized the float image.
+    image_dtype : "float32" (default) or "uint8". float32 keeps the fractions
+        of the bilinear resize, as the authors' dilated.py, which resized the
+        (mean-subtracted) float image; uint8 rounds them to grey levels (up to
+        0.5, docs/FIDELITY.md "Cityscapes resize").
     skip_bad : bool, see SegmentationDataset
     """
 
-    def __init__(self, root, split="val", size=PAPER_SIZE, image_dtype="uint8",
+    def __init__(self, root, split="val", size=PAPER_SIZE, image_dtype="float32",
                  skip_bad=False):
         super().__init__(skip_bad=skip_bad)
         if image_dtype not in ("uint8", "float32"):

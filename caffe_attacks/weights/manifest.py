@@ -79,9 +79,11 @@ def validate_input_block(block, where: str) -> list:
     keys = {"mean_bgr", "resize", "pad", "scores_to_labels"}
     if not isinstance(block, dict):
         return ["%s: input must be an object" % where]
-    if not keys <= set(block) <= keys | {"score_align"}:
-        problems.append("%s: input keys %s, expected %s (+ score_align)"
+    if not keys <= set(block) <= keys | {"score_align", "target_blob"}:
+        problems.append("%s: input keys %s, expected %s (+ score_align, target_blob)"
                         % (where, sorted(block), sorted(keys)))
+    if block.get("target_blob", "logits") not in ("logits", "probabilities"):
+        problems.append("%s: target_blob must be logits or probabilities" % where)
     if "score_align" in block and block["score_align"] not in SCORE_ALIGNS:
         problems.append("%s: score_align must be one of %s" % (where, SCORE_ALIGNS))
     mean = block.get("mean_bgr")
