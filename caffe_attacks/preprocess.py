@@ -265,12 +265,14 @@ class Protocol:
         x : (1, 3, H_canvas, W_canvas) float32, BGR, mean-subtracted
         ctx : Placement
         """
-        image = np.asarray(image_bgr, dtype=np.float32)
+        # float64 up to the canvas, rounded to float32 once: the authors' arrays
+        # (float image minus a float64 mean) as their float32 data blob held them
+        image = np.asarray(image_bgr, dtype=np.float64)
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) BGR image, got shape {image.shape}")
         ctx = self.placement(image.shape[:2])
         if self.mean_bgr is not None:
-            image = image - np.asarray(self.mean_bgr, dtype=np.float32)
+            image = image - np.asarray(self.mean_bgr, dtype=np.float64)
         return self._to_canvas(image, ctx), ctx
 
     def scores_to_label_grid(self, scores, ctx):
