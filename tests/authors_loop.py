@@ -12,12 +12,20 @@ write a dummy label 0, forward, read the output, write the label,
 ``backward(diffs=["data"])``, sign, step, clip to the eps-ball only.
 
 Nothing of caffe_attacks is used here except the definition text.
+
+Their ``np.argsort(-output, axis=0)`` ran on the numpy of 2018, whose argsort
+was the scalar introsort; today's numpy dispatches float32 argsort to SIMD
+kernels on AVX2/AVX-512 CPUs, which order ties differently. ``argsort``
+chooses: "scalar" (default; tests/introsort.py, pixel by pixel) or "numpy"
+(the running numpy's default sort, to count what the dispatch changes).
 """
 import math
 import os
 import tempfile
 
 import numpy as np
+
+from tests.introsort import scalar_argsort
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 import caffe  # noqa: E402
@@ -71,7 +79,11 @@ class AuthorsNet:
     params : {layer name: [arrays]} copied in (e.g. from a caffe.Net's params)
     """
 
-    def __init__(self, deploy_text, input_blob, score_blob, output_is_softmax, params):
+    def __init__(self, deploy_text, input_blob, score_blob, output_is_softmax, params,
+                 argsort="scalar"):
+        if argsort not in ("scalar", "numpy"):
+            raise ValueError(argsort)
+        self.argsort = argsort
         param, self.output = attack_definition(deploy_text, input_blob, score_blob,
                                                output_is_softmax)
         self.net = _net_from(param)
@@ -79,6 +91,15 @@ class AuthorsNet:
         for name, blobs in params.items():
             for blob, value in zip(self.net.params[name], blobs):
                 blob.data[...] = np.asarray(value).reshape(blob.data.shape)
+
+    def _ranking(self, negated):
+        """argsort along axis 0 of a (C, h, w) array."""
+        if self.argsort == "numpy":
+            return np.argsort(negated, axis=0)
+        c, h, w = negated.shape
+        columns = negated.reshape(c, -1)
+        order = [scalar_argsort(columns[:, j].tolist()) for j in range(columns.shape[1])]
+        return np.array(order, dtype=np.int64).T.reshape(c, h, w)
 
     def num_iterations(self, eps):
         # as the authors: min(eps + 4, 1.25 eps), ceil, at least 1
@@ -102,7 +123,7 @@ class AuthorsNet:
     def fgsm_ll(self, x, eps):
         """Their fgsm_targetted with target_idx = C - 1."""
         output = self._forward(x, 0)
-        ranking = np.argsort(-output, axis=0)
+        ranking = self._ranking(-output)
         target = ranking[ranking.shape[0] - 1]
         return x - np.sign(self._input_gradient(target)) * eps
 
@@ -125,7 +146,7 @@ class AuthorsNet:
         adv = x
         for _ in range(self.num_iterations(eps)):
             output = self._forward(adv, 0)
-            ranking = np.argsort(-output, axis=0)
+            ranking = self._ranking(-output)
             target = ranking[ranking.shape[0] - 1]
             grad = self._input_gradient(target)
             adv = np.clip(adv - np.sign(grad) * alpha, lo, hi)

@@ -120,6 +120,7 @@ def test_authors_voc_mean_and_canvas():
     theirs = authors_voc_canvas(image, [103.939, 116.779, 123.68], (513, 513))
     assert ours.shape == theirs.shape == (1, 3, 513, 513)
     assert np.abs(ours - theirs).max() <= 1e-5
+    np.testing.assert_array_equal(ours, theirs.astype(np.float32))   # their data blob
 
 
 def _dilated_canvas_pair(image_path, image_bgr, size, pad_size, image_dtype="float32"):

@@ -23,7 +23,9 @@ IMAGE = REAL / "munich_000000_000019_leftImg8bit.png"
 PUBLISHED = REAL / "munich_000000_000019_leftImg8bit_enet_reference_output.png"
 LUT = REAL / "enet_cityscapes19_lut.png"
 ROOT = Path(__file__).resolve().parents[1]
-MIN_AGREEMENT = 0.989      # measured with these files: 0.9896 (SOURCES.md)
+# the issue asks >= 98.9 % (SOURCES.md: 98.96 %, which is what a uint8 resize gives);
+# ENet's own float resize reproduces the published output on every pixel here
+MIN_AGREEMENT = 0.999
 
 pytestmark = [
     requires_caffe,
@@ -102,6 +104,29 @@ def _cityscapes_dir(root, prediction):
     os.symlink(IMAGE, image_dir / IMAGE.name)
     cv2.imwrite(str(label_dir / "munich_000000_000019_gtFine_labelIds.png"), full)
     return root
+
+
+def test_dilation10_canvas_of_the_real_image_is_the_authors_blob(tmp_path):
+    """2048x1024 -> 1024x512 -> 1396x884 (demo_cityscapes.sh): the reader's default and the
+    manifest protocol give the float32 blob of the authors' dilated.py, bit for bit."""
+    import cv2
+    from caffe_attacks import weights
+    from caffe_attacks.datasets.cityscapes import CityscapesSegmentation
+    from caffe_attacks.preprocess import Protocol
+    from tests.authors_loop import authors_dilated_canvas
+    root = _cityscapes_dir(tmp_path / "cs", np.zeros((512, 1024), np.int64))
+    data = CityscapesSegmentation(str(root), split="val")
+    entry = weights.model_entry("dilated_context_cityscapes")
+    protocol = Protocol.from_dict(dict(entry["input"], pad={"mode": "reflect101",
+                                                            "margin": 186, "canvas": [884, 1396]}))
+    ours, _ = protocol.prepare(data.load(data.ids[0]).image)
+    theirs = authors_dilated_canvas(cv2.imread(str(IMAGE)), entry["input"]["mean_bgr"],
+                                    (1024, 512), (1396, 884))
+    assert ours.shape == (1, 3, 884, 1396)
+    np.testing.assert_array_equal(ours, theirs.astype(np.float32))
+    rounded = CityscapesSegmentation(str(root), split="val", image_dtype="uint8")
+    coarse, _ = protocol.prepare(rounded.load(rounded.ids[0]).image)
+    assert np.abs(coarse - theirs).max() > 0.25
 
 
 # a reduced canvas (the image at 512x256, scores resized back) keeps the tier short
