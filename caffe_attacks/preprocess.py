@@ -204,8 +204,7 @@ class Protocol:
              "pad": pad, "scores_to_labels": self.scores_to_labels}
         if self.score_align != _default_align(self.pad_mode):
             d["score_align"] = self.score_align  # only then, so manifests keep the 4 keys
-        if self.target_blob != "logits":
-            d["target_blob"] = self.target_blob
+        d["target_blob"] = self.target_blob
         return d
 
     # -- geometry ---------------------------------------------------------
