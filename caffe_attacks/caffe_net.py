@@ -29,6 +29,7 @@ from caffe.proto import caffe_pb2  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 
 from caffe_attacks.caffe_geometry import read_prototxt  # noqa: E402
+from caffe_attacks.class_rank import TARGET_BLOBS  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,6 @@ class CaffeNet:
         else:
             caffe.set_device(int(gpu))
             caffe.set_mode_gpu()
-        from caffe_attacks.class_rank import TARGET_BLOBS
         if target_blob not in TARGET_BLOBS:
             raise ValueError("target_blob must be one of %s, got %r" % (TARGET_BLOBS, target_blob))
         self.target_blob = target_blob
