@@ -13,7 +13,7 @@ from caffe_attacks.runner.resolve import (MemberModel, ResolvedModel, check_clas
 from caffe_attacks.runner.sweep import format_table, summarize, sweep, write_summaries
 
 __all__ = ["CITYSCAPES_IMAGE_DTYPES", "DATASET_KINDS", "RunOptions", "Target", "attack_batch",
-           "evaluate_scores", "make_configs", "record_base", "transfer_source_fields", "transferred_input", "MemberModel",
-           "ResolvedModel", "check_classes", "image_ids", "load_engine", "open_data",
-           "parse_protocol", "resolve_model", "set_blas_threads", "format_table", "summarize",
-           "sweep", "write_summaries"]
+           "evaluate_scores", "make_configs", "record_base", "transfer_source_fields",
+           "transferred_input", "MemberModel", "ResolvedModel", "check_classes", "image_ids",
+           "load_engine", "open_data", "parse_protocol", "resolve_model", "set_blas_threads",
+           "format_table", "summarize", "sweep", "write_summaries"]
