@@ -6,8 +6,15 @@ Every function takes a model with ``forward(x) -> scores`` and
 them, in 0..255 pixel units. Semantics follow the paper authors' code
 (anuragarnab/adversarial-attacks; docs/FIDELITY.md):
 
-- labels are the network's own clean prediction (no label leaking);
+- labels are the network's own clean prediction (no label leaking), the
+  least-likely target is position C-1 of the authors' argsort; both are read
+  from ``model.ranking_values(scores)`` when the model has it (the blob named
+  by its protocol's ``target_blob``: logits, or the Softmax output), else
+  from the scores (``class_rank``);
 - the loss is SoftmaxWithLoss with normalize: false, summed over the canvas;
+  its input gradient is ``model.loss_gradient(x, labels)`` when the model has
+  it (Caffe's own layer, or its float32 arithmetic), else the float32
+  ``losses.softmax_cross_entropy`` injected through ``input_gradient``;
 - iterative attacks take steps of alpha = 1 for
   T = max(ceil(min(eps + 4, 1.25 eps)), 1) iterations and are projected onto
   the eps-ball around x after every step (and nowhere else);
@@ -21,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from caffe_attacks import class_rank
 from caffe_attacks.losses import softmax_cross_entropy
 
 PAPER_EPS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
@@ -93,14 +101,23 @@ def project(x_adv, x, eps, clip_to_image=None):
     return out.astype(np.float32, copy=False)
 
 
-def predicted_labels(scores):
+def ranking_values(model, scores):
+    """The blob labels and targets are read from: the model's choice, else the scores."""
+    rank = getattr(model, "ranking_values", None)
+    return scores if rank is None else rank(scores)
+
+
+def predicted_labels(values):
     """Per-pixel argmax: (N, C, h, w) -> (N, h, w) int64."""
-    return scores.argmax(axis=1)
+    return class_rank.predicted_labels(values)
 
 
-def least_likely_labels(scores):
-    """Per-pixel argmin (the class ranked last): (N, C, h, w) -> (N, h, w) int64."""
-    return scores.argmin(axis=1)
+def least_likely_labels(values):
+    """Per-pixel least-likely class by the authors' rule: (N, C, h, w) -> (N, h, w) int64.
+
+    The class ranked last (argmin; ties as numpy's scalar introsort, see class_rank).
+    """
+    return class_rank.least_likely_labels(values)
 
 
 def loss_gradient(model, x, target, scores=None):
@@ -109,6 +126,11 @@ def loss_gradient(model, x, target, scores=None):
     `scores` may be passed when model.forward(x) was just computed; the model
     then reuses its activations for the backward pass.
     """
+    own = getattr(model, "loss_gradient", None)
+    if own is not None:
+        if scores is None:
+            model.forward(x)
+        return own(x, target)
     if scores is None:
         scores = model.forward(x)
     _, dscores = softmax_cross_entropy(scores, target, ignore_label=None)
@@ -118,7 +140,7 @@ def loss_gradient(model, x, target, scores=None):
 def _single_step(model, x, eps_list, direction, target_of, clip_to_image):
     """One gradient shared by every eps: sign(g) does not depend on eps."""
     scores = model.forward(x)
-    step = np.sign(loss_gradient(model, x, target_of(scores), scores))
+    step = np.sign(loss_gradient(model, x, target_of(ranking_values(model, scores)), scores))
     return [x.copy() if e == 0 else project(x + direction * e * step, x, e, clip_to_image)
             for e in eps_list]
 
@@ -152,7 +174,7 @@ def _iterate(model, x, e, direction, target_of, alpha, iterations, clip_to_image
     for _ in range(steps):
         scores = model.forward(x_adv)
         if fixed is None:
-            target = target_of(scores)
+            target = target_of(ranking_values(model, scores))
         g = loss_gradient(model, x_adv, target, scores)
         x_adv = project(x_adv + direction * alpha * np.sign(g), x, e, clip_to_image)
     return x_adv
@@ -175,7 +197,8 @@ def _iterate_batched(model, x, eps_list, direction, target_of, alpha, iterations
         rows = np.flatnonzero(steps > t)
         xb = x_adv[rows]
         scores = model.forward(xb)
-        target = np.repeat(fixed, len(rows), axis=0) if fixed is not None else target_of(scores)
+        target = np.repeat(fixed, len(rows), axis=0) if fixed is not None \
+            else target_of(ranking_values(model, scores))
         g = loss_gradient(model, xb, target, scores)
         x_adv[rows] = project(xb + direction * alpha * np.sign(g), x,
                               eps[rows].reshape(-1, 1, 1, 1), clip_to_image)
@@ -201,7 +224,7 @@ def ifgsm(model, x, eps, *, alpha=1.0, iterations=None, clip_to_image=None, batc
     """
     eps_list = validate_eps(eps)
     alpha = validate_alpha(alpha)
-    target = predicted_labels(model.forward(x))
+    target = predicted_labels(ranking_values(model, model.forward(x)))
     results = _sweep(model, x, eps_list, +1.0, None, alpha, iterations, clip_to_image,
                      target, batch_eps)
     return _unwrap(eps, results)
@@ -220,7 +243,8 @@ def ifgsm_ll(model, x, eps, *, alpha=1.0, iterations=None, clip_to_image=None,
         raise ValueError("target must be 'current' or 'clean', got %r" % (target,))
     eps_list = validate_eps(eps)
     alpha = validate_alpha(alpha)
-    fixed = least_likely_labels(model.forward(x)) if target == "clean" else None
+    fixed = least_likely_labels(ranking_values(model, model.forward(x))) \
+        if target == "clean" else None
     results = _sweep(model, x, eps_list, -1.0, least_likely_labels, alpha, iterations,
                      clip_to_image, fixed, batch_eps)
     return _unwrap(eps, results)

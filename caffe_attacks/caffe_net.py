@@ -3,8 +3,16 @@
 ``CaffeNet`` implements the model protocol of docs/DESIGN.md:
 ``forward(x) -> scores`` and ``input_gradient(x, dscores) -> dx``.  The
 gradient of any loss is obtained by writing dL/dscores into the score blob's
-diff and running ``net.backward`` from the layer that produced that blob, as
-the paper's code did with a SoftmaxWithLoss layer on top.
+diff and running ``net.backward`` from the layer that produced that blob.
+
+The attacks' loss is Caffe's own: ``loss_gradient(x, labels)`` runs the
+scores through a ``SoftmaxWithLoss`` layer (ignore_label 255, summed) in a
+second, two-input Caffe net and backpropagates its bottom diff, which is the
+diff the paper's attack definitions (the loss layer on top of the deploy)
+hand to the score layer: the input gradient is bit-identical to theirs
+(tests/test_authors_oracle.py).  ``ranking_values`` gives the blob the
+authors read labels and targets from: the logits, or that layer's Softmax
+output (``target_blob``).
 """
 import logging
 import os
@@ -22,6 +30,7 @@ from google.protobuf import text_format  # noqa: E402
 
 from caffe_attacks import definition_check  # noqa: E402
 from caffe_attacks.caffe_geometry import read_prototxt  # noqa: E402
+from caffe_attacks.class_rank import TARGET_BLOBS  # noqa: E402
 from caffe_attacks.finite import require_finite  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -35,6 +44,87 @@ def load_net_parameter(prototxt):
     except text_format.ParseError as e:
         raise ValueError("cannot parse net definition %s: %s" % (prototxt, e)) from None
     return param
+
+
+def softmax_loss_definition(layer_type, ignore_label=255):
+    """A one-layer net on an input "scores": "SoftmaxWithLoss" (with a "label" input) or "Softmax".
+
+    normalization NONE sums the loss over every pixel and batch item; for one
+    image it equals the authors' ``normalize: false`` (BATCH_SIZE, divide by 1).
+    """
+    param = caffe_pb2.NetParameter()
+    param.name = layer_type.lower()
+    param.force_backward = True
+    inputs = [("scores", (1, 2, 1, 1))]
+    if layer_type == "SoftmaxWithLoss":
+        inputs.append(("label", (1, 1, 1, 1)))
+    for name, dims in inputs:
+        param.input.append(name)
+        param.input_shape.add().dim.extend(dims)
+    layer = param.layer.add()
+    layer.name, layer.type = layer_type.lower(), layer_type
+    layer.bottom.extend(name for name, _ in inputs)
+    if layer_type == "SoftmaxWithLoss":
+        layer.top.append("loss")
+        layer.loss_param.ignore_label = ignore_label
+        layer.loss_param.normalization = caffe_pb2.LossParameter.NONE
+    else:
+        layer.top.append("prob")
+    return param
+
+
+def _caffe_net(param):
+    with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
+        f.write(text_format.MessageToString(param))
+        path = f.name
+    try:
+        return caffe.Net(path, caffe.TEST)
+    finally:
+        os.unlink(path)
+
+
+def _feed(net, scores, labels=None):
+    """Write scores (N, C, h, w) and, when the net has them, labels (N, h, w)."""
+    scores = np.asarray(scores, dtype=np.float32)
+    n, _, h, w = scores.shape
+    blobs = net.blobs
+    if blobs["scores"].data.shape != scores.shape:
+        blobs["scores"].reshape(*scores.shape)
+        if "label" in blobs:
+            blobs["label"].reshape(n, 1, h, w)
+        net.reshape()
+    blobs["scores"].data[...] = scores
+    if "label" in blobs:
+        blobs["label"].data[...] = np.asarray(labels).reshape(n, 1, h, w)
+
+
+class CaffeSoftmaxLoss:
+    """Caffe's own Softmax and SoftmaxWithLoss layers applied to given scores."""
+
+    def __init__(self, ignore_label=255):
+        self.ignore_label = ignore_label
+        self._nets = {}
+
+    def _net(self, layer_type):
+        if layer_type not in self._nets:
+            self._nets[layer_type] = _caffe_net(
+                softmax_loss_definition(layer_type, self.ignore_label))
+        return self._nets[layer_type]
+
+    def probabilities(self, scores):
+        """Caffe's float32 softmax over axis 1 of scores (N, C, h, w)."""
+        net = self._net("Softmax")
+        _feed(net, scores)
+        net.forward()
+        return net.blobs["prob"].data.copy()
+
+    def gradient(self, scores, labels):
+        """dL/dscores (N, C, h, w) float32 of the summed loss against labels (N, h, w)."""
+        net = self._net("SoftmaxWithLoss")
+        _feed(net, scores, labels)
+        net.forward()
+        net.backward()
+        return net.blobs["scores"].diff.copy()
 
 
 def prepare_for_attack(param):
@@ -60,6 +150,8 @@ class CaffeNet:
     gpu : None for CPU, or a device id for a CUDA build of Caffe
     input_blob : name of the input blob (default: the net's first input)
     score_blob : name of the logits blob (default: the net's first output)
+    target_blob : "logits" or "probabilities": the blob labels and least-likely
+                  targets are read from (the protocol's "target_blob")
     weights_loader : "tolerant" (the project's reader: tolerates forks' fields)
                      or "caffe" (Net.copy_from)
     filler_seed : seed of Caffe's random fillers (None: Caffe's own, unseeded)
@@ -71,7 +163,11 @@ class CaffeNet:
     """
 
     def __init__(self, prototxt, weights=None, *, gpu=None, input_blob=None,
-                 score_blob=None, weights_loader="tolerant", filler_seed=None):
+                 score_blob=None, target_blob="logits", weights_loader="tolerant",
+                 filler_seed=None):
+        if target_blob not in TARGET_BLOBS:
+            raise ValueError("target_blob must be one of %s, got %r" % (TARGET_BLOBS, target_blob))
+        self.target_blob = target_blob
         param = prepare_for_attack(load_net_parameter(prototxt))
         self.where = definition_check.describe(prototxt)
         self.definition = definition_check.parse(text_format.MessageToString(param), self.where)
@@ -86,13 +182,8 @@ class CaffeNet:
             caffe.set_mode_gpu()
         if filler_seed is not None:
             caffe.set_random_seed(int(filler_seed))
-        with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
-            f.write(text_format.MessageToString(param))
-            path = f.name
-        try:
-            self.net = caffe.Net(path, caffe.TEST)
-        finally:
-            os.unlink(path)
+        self.net = _caffe_net(param)
+        self._softmax_loss = None
         self.param = param
         self.load_report = None
         if weights is not None:
@@ -182,3 +273,26 @@ class CaffeNet:
         score.diff[...] = dscores
         self.net.backward(start=self._score_layer)
         return self.net.blobs[self.input_blob].diff.copy()
+
+    @property
+    def softmax_loss(self):
+        if self._softmax_loss is None:
+            self._softmax_loss = CaffeSoftmaxLoss()
+        return self._softmax_loss
+
+    def ranking_values(self, scores):
+        """The blob labels and targets are read from: scores, or Caffe's softmax of them."""
+        if self.target_blob == "logits":
+            return scores
+        return self.softmax_loss.probabilities(scores)
+
+    def loss_gradient(self, x, labels):
+        """dL/dx (N, 3, H, W) float32 of Caffe's summed SoftmaxWithLoss against labels (N, h, w).
+
+        Runs a forward pass first unless x equals the last forward's input.
+        """
+        if self._last_x is None or self._last_x.shape != np.shape(x) \
+                or not np.array_equal(self._last_x, x):
+            self.forward(x)
+        dscores = self.softmax_loss.gradient(self.net.blobs[self.score_blob].data, labels)
+        return self.input_gradient(x, dscores)

@@ -7,7 +7,9 @@ A protocol is data (the "input" block of a model in weights_manifest.json):
      "pad": null | {"mode": "constant", "canvas": [H, W]}
                  | {"mode": "reflect101", "margin": 186, "canvas": [H, W] (optional)},
      "scores_to_labels": "crop" | "resize",
-     "score_align": "corners" | "stride" | "half_pixel"   (optional, "resize" only)}
+     "score_align": "corners" | "stride" | "half_pixel"   (optional, "resize" only),
+     "target_blob": "logits" | "probabilities"   (optional; the blob the attacks'
+                    labels and least-likely targets are read from, default logits)}
 
 Forward (`prepare`): float BGR image, minus the mean, bilinear resize
 (cv2.INTER_LINEAR), then padding. A constant pad fills the bottom/right up to
@@ -28,13 +30,16 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from caffe_attacks.class_rank import TARGET_BLOBS
+
 PAD_MODES = ("constant", "reflect101")
 SCORE_MODES = ("crop", "resize")
 ALIGNS = ("corners", "stride", "half_pixel")
 # the keys every manifest "input" block writes, and every key an "input" block
-# may have (score_align is optional: its default follows the pad)
+# may have (score_align is optional: its default follows the pad; target_blob
+# defaults to the logits)
 REQUIRED_INPUT_KEYS = ("mean_bgr", "resize", "pad", "scores_to_labels")
-INPUT_KEYS = REQUIRED_INPUT_KEYS + ("score_align",)
+INPUT_KEYS = REQUIRED_INPUT_KEYS + ("score_align", "target_blob")
 
 
 @dataclass(frozen=True)
@@ -188,6 +193,7 @@ class Protocol:
     margin: int = 0                 # reflect-101 px on every side
     scores_to_labels: str = "crop"  # "crop" | "resize"
     score_align: str = "corners"    # used when scores_to_labels == "resize"
+    target_blob: str = "logits"     # "logits" | "probabilities" (caffe_attacks.class_rank)
 
     @classmethod
     def from_dict(cls, d):
@@ -217,6 +223,10 @@ class Protocol:
         if align not in ALIGNS:
             raise ValueError(f"score_align must be one of {ALIGNS}, got {align!r}")
         kwargs["score_align"] = align
+        target_blob = d.get("target_blob", "logits")
+        if target_blob not in TARGET_BLOBS:
+            raise ValueError(f"target_blob must be one of {TARGET_BLOBS}, got {target_blob!r}")
+        kwargs["target_blob"] = target_blob
         return cls(**kwargs)
 
     def to_dict(self):
@@ -239,6 +249,7 @@ class Protocol:
              "pad": pad, "scores_to_labels": self.scores_to_labels}
         if self.score_align != _default_align(self.pad_mode):
             d["score_align"] = self.score_align  # only then, so manifests keep the 4 keys
+        d["target_blob"] = self.target_blob
         return d
 
     # -- geometry ---------------------------------------------------------
@@ -298,12 +309,14 @@ class Protocol:
         x : (1, 3, H_canvas, W_canvas) float32, BGR, mean-subtracted
         ctx : Placement
         """
-        image = np.asarray(image_bgr, dtype=np.float32)
+        # float64 up to the canvas, rounded to float32 once: the authors' arrays
+        # (float image minus a float64 mean) as their float32 data blob held them
+        image = np.asarray(image_bgr, dtype=np.float64)
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) BGR image, got shape {image.shape}")
         ctx = self.placement(image.shape[:2])
         if self.mean_bgr is not None:
-            image = image - np.asarray(self.mean_bgr, dtype=np.float32)
+            image = image - np.asarray(self.mean_bgr, dtype=np.float64)
         return self._to_canvas(image, ctx), ctx
 
     def scores_to_label_grid(self, scores, ctx):

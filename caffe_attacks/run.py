@@ -60,6 +60,10 @@ def build_parser():
     d.add_argument("--data-dir", required=True)
     d.add_argument("--split", default=DEFAULTS.split)
     d.add_argument("--limit", type=int, default=None, help="first N images only")
+    d.add_argument("--cityscapes-image-dtype", default=DEFAULTS.cityscapes_image_dtype,
+                   choices=runner.CITYSCAPES_IMAGE_DTYPES,
+                   help="dtype of the resized Cityscapes image: float64 (default; the "
+                        "authors' unrounded resize), float32, or uint8 (rounded grey levels)")
     d.add_argument("--skip-bad", action="store_true",
                    help="warn about and count bad samples instead of stopping")
     a = p.add_argument_group("attacks")
@@ -100,6 +104,7 @@ def options_from_args(args):
         engine=args.engine, gpu=args.gpu, device=args.device, crf=args.crf,
         crf_w2_mode=args.crf_w2_mode, blas_threads=args.blas_threads, dataset=args.dataset,
         data_dir=args.data_dir, split=args.split, limit=args.limit, skip_bad=args.skip_bad,
+        cityscapes_image_dtype=args.cityscapes_image_dtype,
         attacks=args.attack, eps=args.eps, alpha=args.alpha,
         ifgsm_ll_target=args.ifgsm_ll_target, batch_eps=args.batch_eps,
         batch_images=args.batch_images, clip_to_image=args.clip_to_image, out=args.out,

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from caffe_attacks import definition_check
+from caffe_attacks.class_rank import TARGET_BLOBS
 from caffe_attacks.caffemodel_reader import (WeightShapeError, batchnorm_shares,
                                              load_caffemodel_into, restore_batchnorm_sharing,
                                              shapes_compatible)
@@ -199,6 +200,30 @@ class CaffeGraph(torch.nn.Module):
         return {name: blobs[name] for name in outputs}
 
 
+def caffe_softmax(scores):
+    """Softmax over dim 1 in Caffe's order: max-subtract, exp, channel-by-channel sum, divide.
+
+    Every step is rounded to the scores' dtype (float32 for the default
+    precision); the exp is taken in float64 and rounded once, as numpy's
+    ``losses.caffe_softmax`` (docs/FIDELITY.md gives the residual to Caffe).
+    """
+    shifted = scores - scores.amax(dim=1, keepdim=True)
+    e = torch.exp(shifted.to(torch.float64)).to(scores.dtype)
+    total = e[:, 0].clone()
+    for c in range(1, e.shape[1]):
+        total += e[:, c]
+    return e / total[:, None]
+
+
+def caffe_loss_gradient(prob, labels, ignore_label=255):
+    """dL/dscores of the summed SoftmaxWithLoss: prob - onehot(label), 0 at ignored pixels."""
+    valid = labels != ignore_label
+    index = torch.where(valid, labels, torch.zeros_like(labels))[:, None]
+    grad = prob.clone()
+    grad.scatter_(1, index, grad.gather(1, index) - 1)
+    return grad * valid[:, None].to(grad.dtype)
+
+
 class _HostBlob:
     """A host array with ``.data``, the interface load_caffemodel_into writes to."""
 
@@ -245,6 +270,8 @@ class TorchNet:
     device : "cpu", "cuda" or "cuda:N"
     input_blob : name of the input blob (default: the net's first input)
     score_blob : name of the logits blob (default: the net's first output, as Caffe's)
+    target_blob : "logits" or "probabilities": the blob labels and least-likely
+                  targets are read from (the protocol's "target_blob")
     precision : "float32" (default), "float64" (gradient checks) or "bfloat16" (autocast)
     channels_last : NHWC memory layout for activations and convolution weights
     tf32 : allow TensorFloat-32 on CUDA (default False: full float32)
@@ -252,7 +279,11 @@ class TorchNet:
     """
 
     def __init__(self, prototxt, weights=None, *, device="cpu", input_blob=None,
-                 score_blob=None, precision="float32", channels_last=False, tf32=False, seed=0):
+                 score_blob=None, target_blob="logits", precision="float32",
+                 channels_last=False, tf32=False, seed=0):
+        if target_blob not in TARGET_BLOBS:
+            raise ValueError("target_blob must be one of %s, got %r" % (TARGET_BLOBS, target_blob))
+        self.target_blob = target_blob
         if precision not in PRECISIONS:
             raise ValueError("precision must be one of %s, got %r"
                              % (", ".join(PRECISIONS), precision))
@@ -415,5 +446,34 @@ class TorchNet:
         grad = grad.to(self.device, p.scores.dtype)
         with self._numerics():
             (dx,) = torch.autograd.grad(p.scores, p.x_tensor, grad)
+        self._last = None   # the graph is spent
+        return dx.to(torch.float32).cpu().numpy().copy()
+
+    def ranking_values(self, scores):
+        """The blob labels and targets are read from: scores, or their Caffe-order softmax."""
+        if self.target_blob == "logits":
+            return scores
+        t = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32)).to(self.device)
+        return caffe_softmax(t).cpu().numpy()
+
+    def loss_gradient(self, x, labels):
+        """dL/dx (N, 3, H, W) float32 of the summed SoftmaxWithLoss against labels (N, h, w).
+
+        dL/dscores is computed on the device in Caffe's float32 order
+        (``caffe_softmax``); runs a forward pass first unless x equals the
+        last forward's input.
+        """
+        p = self._last
+        if p is None or p.x.shape != np.shape(x) or not np.array_equal(p.x, x):
+            self.forward(x)
+            p = self._last
+        scores = p.scores.detach().to(torch.float32)
+        labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(self.device)
+        if tuple(labels.shape) != (scores.shape[0],) + tuple(scores.shape[2:]):
+            raise ValueError("labels shape %s does not match scores %s"
+                             % (tuple(labels.shape), tuple(scores.shape)))
+        dscores = caffe_loss_gradient(caffe_softmax(scores), labels)
+        with self._numerics():
+            (dx,) = torch.autograd.grad(p.scores, p.x_tensor, dscores.to(p.scores.dtype))
         self._last = None   # the graph is spent
         return dx.to(torch.float32).cpu().numpy().copy()

@@ -355,9 +355,9 @@ def test_from_dict_rejects_bad_blocks_and_round_trips():
             Protocol.from_dict(bad)
     for block in PROTOCOLS.values():
         assert Protocol.from_dict(Protocol.from_dict(block).to_dict()) == Protocol.from_dict(block)
-    # the plain manifest blocks keep exactly the schema's four keys
+    # the plain manifest blocks keep exactly the schema's four keys and target_blob
     assert set(Protocol.from_dict(PROTOCOLS["deeplab_65"]).to_dict()) == {
-        "mean_bgr", "resize", "pad", "scores_to_labels"}
+        "mean_bgr", "resize", "pad", "scores_to_labels", "target_blob"}
     assert Protocol.from_dict(PROTOCOLS["dilated_voc"]).score_align == "stride"
     assert Protocol.from_dict(PROTOCOLS["deeplab_65"]).score_align == "corners"
 

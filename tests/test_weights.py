@@ -180,7 +180,11 @@ def test_known_checksum_facts(manifest):
     for name in ("icnet_cityscapes", "crfrnn_voc"):
         assert len(m[name]["paper_md5"]) == 31 and len(m[name]["md5"]) == 32
         assert matches_truncated(m[name]["md5"], m[name]["paper_md5"])
-    assert m["enet_cityscapes"]["md5_truncated"] and len(m["enet_cityscapes"]["md5"]) == 31
+    # ENet: the full value from the fork that committed the file (issue 15); the
+    # paper lost the "d" after "d9aab"
+    enet = m["enet_cityscapes"]
+    assert not enet["md5_truncated"] and enet["md5"] == "d9aabd630cf6bc29c48ea55a86124e14"
+    assert len(enet["paper_md5"]) == 31 and matches_truncated(enet["md5"], enet["paper_md5"])
     assert m["crfrnn_voc"]["sha1"] == "bfda5c5149d566aa56695789fa9a08e7a7f3070a"
     for name in ("fcn8s_resnet101_voc", "deeplabv2_vgg16_voc", "deeplabv2_resnet101_voc",
                  "deeplabv2_resnet101_msc_voc", "pspnet101_voc"):

@@ -23,6 +23,8 @@ ENGINES = ("caffe", "torch")
 # must not load before --blas-threads takes effect (so crf is imported lazily)
 W2_MODES = ("scale_learned", "replace_diagonal")
 IFGSM_LL_TARGETS = ("current", "clean")
+# as caffe_attacks.datasets.cityscapes.IMAGE_DTYPES (float64: the authors' unrounded resize)
+CITYSCAPES_IMAGE_DTYPES = ("float64", "float32", "uint8")
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ class RunOptions:
     split: str = "val"
     limit: Optional[int] = None
     skip_bad: bool = False
+    cityscapes_image_dtype: str = "float64"   # dtype of the resized Cityscapes image
     # attacks
     attacks: Tuple[str, ...] = ATTACKS        # the paper's four; any registered name works
     eps: Tuple[float, ...] = PAPER_EPS
@@ -109,6 +112,9 @@ class RunOptions:
         if self.dataset is not None and self.dataset not in DATASET_KINDS:
             raise UsageError("unknown dataset kind %r (one of %s)"
                              % (self.dataset, ", ".join(DATASET_KINDS)))
+        if self.cityscapes_image_dtype not in CITYSCAPES_IMAGE_DTYPES:
+            raise UsageError("--cityscapes-image-dtype must be one of %s"
+                             % ", ".join(CITYSCAPES_IMAGE_DTYPES))
         if self.ifgsm_ll_target not in IFGSM_LL_TARGETS:
             raise UsageError("--ifgsm-ll-target must be one of %s" % ", ".join(IFGSM_LL_TARGETS))
         if self.crf_w2_mode not in W2_MODES:

@@ -38,6 +38,8 @@ def record_base(rm, options):
     base = {"model": rm.name, "weights_md5": rm.weights_md5, "dataset": options.dataset,
             "split": options.split, "protocol": rm.protocol.to_dict(), "engine": options.engine,
             "score_blob": getattr(rm.model, "score_blob", None)}
+    if options.dataset == "cityscapes":
+        base["image_dtype"] = options.cityscapes_image_dtype   # the reader's resize
     if rm.crf:
         base["crf"] = rm.crf
     if rm.member is not None:

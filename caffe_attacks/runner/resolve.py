@@ -50,23 +50,24 @@ class ResolvedModel:
 
 
 def load_engine(engine, prototxt, weights, gpu=None, input_blob=None, score_blob=None,
-                device=None):
+                device=None, target_blob="logits"):
     """A net of the chosen engine (prototxt: path or text).
 
+    target_blob: the protocol's blob for labels and least-likely targets.
     Without weights the parameters are the definition's fillers, seeded (0)
     so that a resumed run attacks the same net.
     """
     if engine == "caffe":
         from caffe_attacks.caffe_net import CaffeNet
         return CaffeNet(prototxt, weights, gpu=gpu, input_blob=input_blob, score_blob=score_blob,
-                        filler_seed=0 if weights is None else None)
+                        target_blob=target_blob, filler_seed=0 if weights is None else None)
     if engine == "torch":
         try:
             from caffe_attacks.torch_net import TorchNet
         except ImportError as e:
             raise UsageError("the torch engine needs PyTorch (pip install .[torch]): %s" % e)
         return TorchNet(prototxt, weights, device=device or "cpu",
-                        input_blob=input_blob, score_blob=score_blob)
+                        input_blob=input_blob, score_blob=score_blob, target_blob=target_blob)
     raise UsageError("unknown engine %r (caffe or torch)" % engine)
 
 
@@ -134,12 +135,18 @@ class MemberModel:
     def input_gradient(self, x, dscores):
         return self.build(np.shape(x)[2:]).input_gradient(x, dscores)
 
+    def loss_gradient(self, x, labels):
+        return self.build(np.shape(x)[2:]).loss_gradient(x, labels)
 
-def _load_net(options, prototxt, weights, input_blob, score_blob):
+    def ranking_values(self, scores):
+        return next(iter(self.nets.values())).ranking_values(scores)
+
+
+def _load_net(options, prototxt, weights, input_blob, score_blob, target_blob="logits"):
     """The engine's net; with CRF overrides, its MultiStageMeanfield layers overridden."""
     def load(definition):
         return load_engine(options.engine, definition, weights, options.gpu, input_blob,
-                           score_blob, options.device)
+                           score_blob, options.device, target_blob)
     if not options.crf:
         return load(prototxt)
     from caffe_attacks import crf as crf_variants     # pycaffe: only for a CRF variant
@@ -222,12 +229,12 @@ def resolve_model(options):
 
         def load(text, score_blob):
             return load_engine(options.engine, text, path, options.gpu, spec.input_blob,
-                               score_blob, options.device)
+                               score_blob, options.device, protocol.target_blob)
         model = MemberModel(member, load)
         model.build(_canvas_hw(protocol, spec))   # build (and fail) now, not mid-run
     else:
         model = _load_net(options, prototxt, path, options.input_blob or spec.input_blob,
-                          options.score_blob or spec.score_blob)
+                          options.score_blob or spec.score_blob, protocol.target_blob)
     return ResolvedModel(model, protocol, member.label, path, md5, verified, spec.num_classes,
                          crf=options.crf_record(), member=member if member.generated else None,
                          init="fillers" if options.random_init else None)
@@ -248,9 +255,10 @@ def _resolve_prototxt(options):
     elif not options.random_init:
         raise UsageError("--prototxt without --weights: give the caffemodel, or --random-init "
                          "to attack the net with its definition's fillers (seed 0)")
+    protocol = parse_protocol(options.protocol)
     model = _load_net(options, options.prototxt, options.weights, options.input_blob,
-                      options.score_blob)
-    return ResolvedModel(model, parse_protocol(options.protocol), options.prototxt,
+                      options.score_blob, protocol.target_blob)
+    return ResolvedModel(model, protocol, options.prototxt,
                          options.weights, md5, False, model.num_classes,
                          crf=options.crf_record(), manifest_match=matches,
                          init="fillers" if options.random_init else None)
@@ -263,8 +271,10 @@ def open_data(options):
     if not os.path.isdir(options.data_dir):
         raise UsageError("data directory not found: %s" % options.data_dir)
     try:
+        extra = {"image_dtype": options.cityscapes_image_dtype} \
+            if options.dataset == "cityscapes" else {}
         return open_dataset(options.dataset, options.data_dir, split=options.split,
-                            skip_bad=options.skip_bad)
+                            skip_bad=options.skip_bad, **extra)
     except DatasetError as e:
         raise UsageError(str(e)) from None
 
