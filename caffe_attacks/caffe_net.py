@@ -12,13 +12,13 @@ import tempfile
 
 import numpy as np
 
-# Caffe logs every layer at INFO through glog; keep the user's terminal quiet
-# unless they asked otherwise.
-os.environ.setdefault("GLOG_minloglevel", "2")
+from google.protobuf import text_format
 
-import caffe  # noqa: E402
-from caffe.proto import caffe_pb2  # noqa: E402
-from google.protobuf import text_format  # noqa: E402
+from caffe_attacks.environment import import_caffe, import_caffe_pb2
+
+# CaffeUnavailable (one line: how to build it) when pycaffe is missing
+caffe = import_caffe()
+caffe_pb2 = import_caffe_pb2()
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,11 @@ from caffe_attacks import weights
 from caffe_attacks.weights import Status
 from caffe_attacks.weights.__main__ import main as cli
 from caffe_attacks.weights.checksum import hash_file, matches_truncated
-from caffe_attacks.weights.manifest import REPO_ROOT, ManifestError, validate
+from caffe_attacks.weights.manifest import ManifestError, validate
 
 from tests.conftest import SUPPLEMENTARY as SEED  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DESIGN = REPO_ROOT / "docs" / "DESIGN.md"
 
 

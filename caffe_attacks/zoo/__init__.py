@@ -24,16 +24,15 @@ Examples
 import importlib
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Tuple
+
+from caffe_attacks import resources
 
 log = logging.getLogger(__name__)
 
 # Import order is listing order.
 FAMILIES = ("fcn", "dilated", "deeplab", "segnet", "crfrnn",
             "pspnet", "icnet", "enet", "tiny", "multiscale", "deeplab_crf")
-
-PROTOTXT_DIR = Path(__file__).resolve().parents[2] / "prototxt"
 
 
 @dataclass(frozen=True)
@@ -141,6 +140,6 @@ def _to_text(net):
 
 
 def prototxt_path(name):
-    """Path of the committed definition ``prototxt/<name>.prototxt``."""
+    """Path of the committed definition ``prototxt/<name>.prototxt`` (checkout or install)."""
     get(name)
-    return PROTOTXT_DIR / ("%s.prototxt" % name)
+    return resources.prototxt_path(name)

@@ -146,8 +146,8 @@ def _check_scale(scale):
 
 
 def _caffe_pb2():
-    from caffe.proto import caffe_pb2
-    return caffe_pb2
+    from caffe_attacks.environment import import_caffe_pb2
+    return import_caffe_pb2()
 
 
 def _parse(text):

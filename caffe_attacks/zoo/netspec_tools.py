@@ -15,9 +15,9 @@ The non-BVLC layers of the original forks are Python layers of
 ``caffe_attacks.layers`` (docs/DESIGN.md): :func:`interp`, :func:`psp_bn`,
 :func:`scale_shift_bn`, :func:`upsample`, :func:`meanfield`.
 """
-import importlib
 import json
 
+from caffe_attacks.environment import import_caffe
 from caffe_attacks.zoo.shapes import param_count  # noqa: F401  (re-exported)
 
 
@@ -28,8 +28,7 @@ class _LazyCaffe:
         self._attr = attr
 
     def __getattr__(self, name):
-        caffe = importlib.import_module("caffe")
-        return getattr(getattr(caffe, self._attr), name)
+        return getattr(getattr(import_caffe(), self._attr), name)
 
 
 L = _LazyCaffe("layers")
@@ -38,7 +37,7 @@ P = _LazyCaffe("params")
 
 def net_spec():
     """A fresh ``caffe.NetSpec``."""
-    return importlib.import_module("caffe").NetSpec()
+    return import_caffe().NetSpec()
 
 
 # param specs as in the original deploys: weights lr 1, biases lr 2 / no decay
