@@ -12,13 +12,13 @@ import tempfile
 
 import numpy as np
 
-from google.protobuf import text_format
-
 from caffe_attacks.environment import import_caffe, import_caffe_pb2
 
-# CaffeUnavailable (one line: how to build it) when pycaffe is missing
+# CaffeUnavailable (one line: how to build it) when pycaffe is missing; first,
+# because protobuf is pycaffe's dependency, not the toolkit's.
 caffe = import_caffe()
 caffe_pb2 = import_caffe_pb2()
+from google.protobuf import text_format  # noqa: E402
 
 log = logging.getLogger(__name__)
 

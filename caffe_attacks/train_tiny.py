@@ -34,11 +34,10 @@ def ensure_synthetic(root, fmt="voc", n=400, seed=0):
 
 
 def _train_net_param(input_hw, batch, num_classes):
-    from google.protobuf import text_format
-
     from caffe_attacks import zoo
     from caffe_attacks.environment import import_caffe_pb2
     caffe_pb2 = import_caffe_pb2()
+    from google.protobuf import text_format   # pycaffe's dependency: after pycaffe
     net = caffe_pb2.NetParameter()
     text_format.Merge(zoo.build("tiny_synthetic", input_hw), net)
     net.layer[0].input_param.shape[0].dim[0] = batch
