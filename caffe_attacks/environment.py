@@ -8,21 +8,24 @@ build is reported the same way everywhere: :class:`CaffeUnavailable`, whose
 message is the single line a CLI prints before exiting with status 2.
 
 :func:`software_versions` is what every results record and summary carries,
-so a table can say which numpy, Caffe build, torch, OpenCV and h5py produced it.
-It imports nothing heavy: versions come from the installed distributions'
-metadata, and the Caffe build id from the marker file that scripts/build_caffe.sh
-writes into the package it installs.
+so a table can say which numpy, Caffe build, torch, OpenCV and h5py produced it,
+and, run from a git checkout, which commit (``+dirty`` when tracked files were
+modified). It imports nothing heavy: versions come from the installed
+distributions' metadata, and the Caffe build id from the marker file that
+scripts/build_caffe.sh writes into the package it installs.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
 import logging
 import os
+import subprocess
 from pathlib import Path
 
-from caffe_attacks import __version__
+from caffe_attacks import __version__, resources
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +102,32 @@ def distribution_version(name: str):
         return NOT_INSTALLED
 
 
-def software_versions() -> dict:
-    """The versions a record carries: ``{"caffe_attacks", "numpy", ..., "caffe"}``.
+@functools.lru_cache(maxsize=None)
+def source_revision():
+    """``git`` commit of the checkout the package runs from (``"<sha>+dirty"`` when
+    tracked files differ from it); None for an installed package or without git."""
+    root = resources.checkout_root()
+    if root is None or not (root / ".git").exists():
+        return None
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=30, check=True).stdout.strip()
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                 "--untracked-files=no"], capture_output=True, text=True,
+                                timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as err:
+        log.debug("no git revision for %s: %s", root, err)
+        return None
+    return sha + ("+dirty" if status.strip() else "")
 
-    Values are version strings, or None for what is not installed.
+
+def software_versions() -> dict:
+    """What a record carries: ``{"caffe_attacks", "git_commit", "numpy", ..., "caffe"}``.
+
+    Values are version strings, or None for what is not installed
+    (``git_commit``: see :func:`source_revision`).
     """
-    versions = {"caffe_attacks": __version__}
+    versions = {"caffe_attacks": __version__, "git_commit": source_revision()}
     for key, dists in DISTRIBUTIONS.items():
         found = (distribution_version(dist) for dist in dists)
         versions[key] = next((v for v in found if v is not None), NOT_INSTALLED)

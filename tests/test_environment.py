@@ -74,3 +74,16 @@ def test_missing_caffe_is_one_line_naming_the_remedies(monkeypatch):
     assert isinstance(err.value, ImportError)
     with pytest.raises(environment.CaffeUnavailable):
         environment.import_caffe_pb2()
+
+
+def test_source_revision_is_the_checkouts_head():
+    import subprocess
+    from caffe_attacks import resources
+    root = resources.checkout_root()
+    if root is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    revision = environment.source_revision()
+    assert revision in (head, head + "+dirty")
+    assert environment.software_versions()["git_commit"] == revision
