@@ -35,8 +35,11 @@ def num_iterations(eps):
     return max(int(math.ceil(min(eps + 4.0, 1.25 * eps))), 1)
 
 
+MAX_EPS = 255.0     # the pixel range: a larger ball constrains nothing, only adds iterations
+
+
 def validate_eps(eps):
-    """Return eps as a list of floats; reject non-finite or negative values."""
+    """Return eps as a list of floats; reject non-finite, negative or > 255 values."""
     values = [eps] if np.isscalar(eps) else list(eps)
     if not values:
         raise ValueError("no eps value given")
@@ -48,8 +51,21 @@ def validate_eps(eps):
             raise ValueError("eps must be a number, got %r" % (e,)) from None
         if not math.isfinite(e) or e < 0:
             raise ValueError("eps must be finite and >= 0 (0 = clean), got %r" % e)
+        if e > MAX_EPS:
+            raise ValueError("eps must be at most %g (the pixel range), got %r" % (MAX_EPS, e))
         out.append(e)
     return out
+
+
+def validate_alpha(alpha):
+    """Return the iterative step as a float; it must be finite, > 0 and at most 255."""
+    try:
+        a = float(alpha)
+    except (TypeError, ValueError):
+        raise ValueError("alpha must be a number, got %r" % (alpha,)) from None
+    if not math.isfinite(a) or not 0 < a <= MAX_EPS:
+        raise ValueError("alpha must be finite, > 0 and at most %g, got %r" % (MAX_EPS, alpha))
+    return a
 
 
 @dataclass(frozen=True)
@@ -184,6 +200,7 @@ def ifgsm(model, x, eps, *, alpha=1.0, iterations=None, clip_to_image=None, batc
     batch_eps: run the eps of a sweep as one batch (for GPUs; same results).
     """
     eps_list = validate_eps(eps)
+    alpha = validate_alpha(alpha)
     target = predicted_labels(model.forward(x))
     results = _sweep(model, x, eps_list, +1.0, None, alpha, iterations, clip_to_image,
                      target, batch_eps)
@@ -202,6 +219,7 @@ def ifgsm_ll(model, x, eps, *, alpha=1.0, iterations=None, clip_to_image=None,
     if target not in ("current", "clean"):
         raise ValueError("target must be 'current' or 'clean', got %r" % (target,))
     eps_list = validate_eps(eps)
+    alpha = validate_alpha(alpha)
     fixed = least_likely_labels(model.forward(x)) if target == "clean" else None
     results = _sweep(model, x, eps_list, -1.0, least_likely_labels, alpha, iterations,
                      clip_to_image, fixed, batch_eps)

@@ -20,6 +20,8 @@ caffe = import_caffe()
 caffe_pb2 = import_caffe_pb2()
 from google.protobuf import text_format  # noqa: E402
 
+from caffe_attacks import definition_check  # noqa: E402
+from caffe_attacks.finite import require_finite  # noqa: E402
 from caffe_attacks.caffe_geometry import read_prototxt  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -60,16 +62,30 @@ class CaffeNet:
     score_blob : name of the logits blob (default: the net's first output)
     weights_loader : "tolerant" (the project's reader: tolerates forks' fields)
                      or "caffe" (Net.copy_from)
+    filler_seed : seed of Caffe's random fillers (None: Caffe's own, unseeded)
+
+    The definition is checked before Caffe sees it (definition_check: a bad
+    one would abort the process), ``gpu`` against the build, and a tolerant
+    load that leaves parameter layers unfilled raises UnfilledParamsError.
+    Without ``weights`` the layers keep their fillers' values.
     """
 
     def __init__(self, prototxt, weights=None, *, gpu=None, input_blob=None,
-                 score_blob=None, weights_loader="tolerant"):
+                 score_blob=None, weights_loader="tolerant", filler_seed=None):
+        param = prepare_for_attack(load_net_parameter(prototxt))
+        self.where = definition_check.describe(prototxt)
+        self.definition = definition_check.parse(text_format.MessageToString(param), self.where)
+        definition_check.check_definition(self.definition, caffe.layer_type_list(), self.where,
+                                          "this Caffe build")
         if gpu is None:
             caffe.set_mode_cpu()
         else:
+            from caffe_attacks.caffe_build import require_gpu
+            require_gpu(gpu)
             caffe.set_device(int(gpu))
             caffe.set_mode_gpu()
-        param = prepare_for_attack(load_net_parameter(prototxt))
+        if filler_seed is not None:
+            caffe.set_random_seed(int(filler_seed))
         with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
             f.write(text_format.MessageToString(param))
             path = f.name
@@ -105,6 +121,10 @@ class CaffeNet:
         shares = batchnorm_shares((l.name, l.type, [p.name for p in l.param])
                                   for l in self.param.layer)
         restore_batchnorm_sharing(self.net.params, shares, self.load_report)
+        if self.load_report is not None:
+            definition_check.require_filled(
+                self.definition, {name: len(blobs) for name, blobs in self.net.params.items()},
+                self.load_report.loaded, path, self.where)
 
     def _producer(self, blob):
         """Name of the last layer whose top is `blob` (in-place layers included)."""
@@ -130,6 +150,7 @@ class CaffeNet:
         if x.ndim != 4 or x.shape[1] != self.net.blobs[self.input_blob].channels:
             raise ValueError("input must be (N, %d, H, W); got %s"
                              % (self.net.blobs[self.input_blob].channels, x.shape))
+        require_finite(x, "the net's input")
         blob = self.net.blobs[self.input_blob]
         if blob.data.shape != x.shape:
             blob.reshape(*x.shape)
@@ -140,9 +161,11 @@ class CaffeNet:
         """Scores (N, C, h, w) float32 for input x (N, 3, H, W) float32."""
         self._set_input(x)
         self.net.forward(end=self._score_layer)
-        self._last_x = np.array(x, dtype=np.float32, copy=True)
         # copy: Caffe reuses blob memory on the next pass.
-        return self.net.blobs[self.score_blob].data.copy()
+        scores = self.net.blobs[self.score_blob].data.copy()
+        require_finite(scores, "the net's scores")   # before any backward can see them
+        self._last_x = np.array(x, dtype=np.float32, copy=True)
+        return scores
 
     def input_gradient(self, x, dscores):
         """dL/dx (N, 3, H, W) float32 given dL/dscores (N, C, h, w).

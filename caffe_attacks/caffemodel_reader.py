@@ -323,8 +323,24 @@ def _schema_of(message: str) -> Mapping:
 
 
 def read_caffemodel(path: Union[str, Path]) -> Caffemodel:
-    """Read and decode a caffemodel file (see ``parse_caffemodel``)."""
-    return parse_caffemodel(Path(path).read_bytes())
+    """Read and decode a caffemodel file (see ``parse_caffemodel``).
+
+    Raises CaffemodelFormatError naming the file when it is not a regular
+    file (a directory; a FIFO would block), cannot be read, or does not decode.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise CaffemodelFormatError("weights %s %s, not a caffemodel file"
+                                    % (path, "is a directory" if path.is_dir() else "is special"))
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CaffemodelFormatError("cannot read weights %s: %s"
+                                    % (path, e.strerror or e)) from None
+    try:
+        return parse_caffemodel(data)
+    except CaffemodelFormatError as e:
+        raise CaffemodelFormatError("%s is not a caffemodel: %s" % (path, e)) from None
 
 
 # --------------------------------------------------------------------------

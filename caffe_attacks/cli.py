@@ -22,8 +22,12 @@ def _anticipated():
     """
     from caffe_attacks.datasets import DatasetError
     from caffe_attacks.environment import CaffeUnavailable
-    from caffe_attacks.store import StoreLocked
-    return (UsageError, CaffeUnavailable, DatasetError, StoreLocked, FileNotFoundError,
+    from caffe_attacks.store import StoreError
+    # ValueError covers the engines' and the store's checks on what the user gave
+    # (DefinitionError, UnfilledParamsError, NonFiniteError, GpuUnavailable,
+    # CaffemodelFormatError, InvalidRecord); StoreError a locked, unusable or
+    # full --out; CaffeUnavailable a command that needs the pycaffe build
+    return (UsageError, CaffeUnavailable, DatasetError, StoreError, FileNotFoundError,
             ValueError)
 
 

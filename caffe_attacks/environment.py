@@ -43,7 +43,8 @@ CAFFE_BUILD_MARKER = ".built-by-caffe_attacks"   # written by scripts/build_caff
 NOT_INSTALLED = None
 
 HOW_TO_GET_CAFFE = ("build it with `make setup` in a checkout of caffe_attacks "
-                    "(scripts/build_caffe.sh), or use --engine torch")
+                    "(scripts/build_caffe.sh); without it, --engine torch runs the zoo's "
+                    "committed definitions")
 
 
 class CaffeUnavailable(ImportError):

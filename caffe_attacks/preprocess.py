@@ -113,13 +113,17 @@ def _round_half_up(value):
     return int(np.floor(value + 0.5))
 
 
+MAX_SIDE = 16384    # pixels; a larger canvas, margin or resize is a typo, not a protocol
+
+
 def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _is_count(value, minimum):
-    """An int (not a bool) >= minimum."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    """An int (not a bool) in [minimum, MAX_SIDE]."""
+    return (isinstance(value, int) and not isinstance(value, bool)
+            and minimum <= value <= MAX_SIDE)
 
 
 def _is_hw(value):
@@ -129,8 +133,11 @@ def _is_hw(value):
 def _parse_mean(mean):
     if mean is None:
         return None
-    if not (isinstance(mean, (list, tuple)) and len(mean) == 3 and all(map(_is_number, mean))):
-        raise ValueError(f"mean_bgr must be null or 3 numbers (B, G, R), got {mean!r}")
+    # a NaN or inf mean would reach the net (and its NaN scores the store)
+    if not (isinstance(mean, (list, tuple)) and len(mean) == 3
+            and all(_is_number(v) and 0 <= v <= 255 for v in mean)):
+        raise ValueError(f"mean_bgr must be null or 3 numbers in [0, 255] (B, G, R), "
+                         f"got {mean!r}")
     return tuple(float(v) for v in mean)
 
 

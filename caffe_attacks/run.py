@@ -30,6 +30,9 @@ def build_parser():
     m.add_argument("--weights", help="caffemodel (default: the manifest's file in --weights-dir)")
     m.add_argument("--weights-dir", default=DEFAULTS.weights_dir,
                    help="where caffemodels live (default: %s)" % DEFAULTS.weights_dir)
+    m.add_argument("--random-init", action="store_true",
+                   help="run without weights: the definition's fillers, seed 0 (Caffe's "
+                        "default filler is 0); records say \"init\": \"fillers\"")
     m.add_argument("--allow-unverified", action="store_true",
                    help="run even if the weights' md5 does not match the manifest")
     m.add_argument("--input-blob")
@@ -92,7 +95,7 @@ def options_from_args(args):
     return runner.RunOptions(
         model=args.model, prototxt=args.prototxt, weights=args.weights,
         weights_dir=args.weights_dir, allow_unverified=args.allow_unverified,
-        input_blob=args.input_blob, score_blob=args.score_blob, protocol=args.protocol,
+        random_init=args.random_init, input_blob=args.input_blob, score_blob=args.score_blob, protocol=args.protocol,
         engine=args.engine, gpu=args.gpu, device=args.device, crf=args.crf,
         crf_w2_mode=args.crf_w2_mode, blas_threads=args.blas_threads, dataset=args.dataset,
         data_dir=args.data_dir, split=args.split, limit=args.limit, skip_bad=args.skip_bad,
@@ -107,10 +110,24 @@ def summary_meta(result, options):
     rm = result.model
     return {"version": __version__, "model": rm.name, "crf": rm.crf,
             "weights": rm.weights_path, "weights_md5": rm.weights_md5,
-            "weights_verified": rm.verified, "dataset": options.dataset,
+            "weights_verified": rm.verified, "weights_manifest_match": list(rm.manifest_match),
+            "init": rm.init, "dataset": options.dataset,
             "data_dir": options.data_dir, "split": options.split, "n_images": len(result.ids),
             "partial": options.limit is not None,
             "skipped": [list(s) for s in result.dataset.skipped]}
+
+
+def weights_line(rm):
+    """What the records say about the weights: file and md5, and a manifest match."""
+    if rm.weights_path is None:
+        return "weights: none (--random-init: the definition's fillers, seed 0)"
+    if rm.verified:
+        note = "verified against the manifest"
+    elif rm.manifest_match:
+        note = "the manifest's md5 for %s" % ", ".join(rm.manifest_match)
+    else:
+        note = "no manifest entry has this md5"
+    return "weights: %s (md5 %s, %s)" % (rm.weights_path, rm.weights_md5, note)
 
 
 def main(argv=None):
@@ -121,6 +138,7 @@ def main(argv=None):
         result = run_white_box(options, options.out)
         meta = summary_meta(result, options)
         runner.write_summaries(result.rows, options.summary_prefix, meta)
+        print(weights_line(result.model))
         print(runner.format_table(result.rows))
         if meta["skipped"]:
             print("skipped %d bad sample(s); see the warnings above" % len(meta["skipped"]))

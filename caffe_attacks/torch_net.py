@@ -33,16 +33,33 @@ from typing import Callable, List
 import numpy as np
 import torch
 
+from caffe_attacks import definition_check
 from caffe_attacks.caffemodel_reader import (WeightShapeError, batchnorm_shares,
                                              load_caffemodel_into, restore_batchnorm_sharing,
                                              shapes_compatible)
 from caffe_attacks.caffe_geometry import last, net_inputs, read_net_definition
-from caffe_attacks.torch_layers import initial_blobs, make_op
+from caffe_attacks.finite import require_finite
+from caffe_attacks.torch_layers import SUPPORTED_TYPES, initial_blobs, make_op
 from caffe_attacks.zoo import shapes
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+
+
+def torch_device(device):
+    """torch.device(device), or ValueError when it is malformed or absent from this build."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError("bad --device %r: %s" % (device, e)) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device %s: this PyTorch build or machine has no CUDA device "
+                         "(use --device cpu)" % device)
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError("--device %s: only %d CUDA device(s) here"
+                         % (device, torch.cuda.device_count()))
+    return dev
 
 
 @dataclass
@@ -239,11 +256,15 @@ class TorchNet:
         if precision not in PRECISIONS:
             raise ValueError("precision must be one of %s, got %r"
                              % (", ".join(PRECISIONS), precision))
-        self.device = torch.device(device)
+        self.device = torch_device(device)
         self.precision = precision
         self.channels_last = bool(channels_last)
         self.tf32 = bool(tf32)
-        self.graph = CaffeGraph(read_net_definition(prototxt), seed=seed)
+        self.where = definition_check.describe(prototxt)
+        self.definition = read_net_definition(prototxt)
+        definition_check.check_definition(self.definition, SUPPORTED_TYPES, self.where,
+                                          "the torch engine")
+        self.graph = CaffeGraph(self.definition, seed=seed)
         self.input_blob = input_blob or next(iter(self.graph.input_shapes))
         self.score_blob = score_blob or self.graph.outputs[0]
         for blob in (self.input_blob, self.score_blob):
@@ -289,7 +310,8 @@ class TorchNet:
         """Fill the parameter blobs from a caffemodel by layer name.
 
         Returns the caffemodel_reader.LoadReport (also kept as ``load_report``);
-        raises WeightShapeError when a matched layer's blobs do not fit.
+        raises WeightShapeError when a matched layer's blobs do not fit and
+        UnfilledParamsError when layers stay unfilled (definition_check).
         """
         if not os.path.exists(path):
             raise FileNotFoundError("weights file not found: %s" % path)
@@ -298,6 +320,9 @@ class TorchNet:
         self.load_report = load_caffemodel_into(SimpleNamespace(params=params), path)
         restore_batchnorm_sharing(params, batchnorm_shares(self.graph.batchnorm_specs),
                                   self.load_report)
+        definition_check.require_filled(
+            self.definition, {name: len(ids) for name, ids in self.graph.param_layers.items()},
+            self.load_report.loaded, path, self.where)
         self._write_back(arrays)
         log.info(self.load_report.summary())
         return self.load_report
@@ -363,13 +388,16 @@ class TorchNet:
         The autograd graph is kept for the next ``input_gradient`` on the same x.
         """
         self._last = None   # free the previous graph before building another
+        require_finite(x, "the net's input")
         xt = self._tensor(x, "input", self.graph.input_shapes[self.input_blob][1])
         xt.requires_grad_(True)
         with self._numerics():
             scores = self.graph({self.input_blob: xt}, [self.score_blob],
                                 replace=self.layer_overrides)[self.score_blob]
+        out = scores.detach().to(torch.float32).cpu().numpy().copy()
+        require_finite(out, "the net's scores")
         self._last = _Pass(np.array(x, dtype=np.float32, copy=True), xt, scores)
-        return scores.detach().to(torch.float32).cpu().numpy().copy()
+        return out
 
     def input_gradient(self, x, dscores):
         """dL/dx (N, 3, H, W) float32 given dL/dscores (N, C, h, w).

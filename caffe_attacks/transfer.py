@@ -86,7 +86,8 @@ def main(argv=None):
         options = options_from_args(args)
         dataset = runner.open_data(options)
         source = resolve_net(args.source, options, dataset, args.source_weights)
-        targets = [resolve_net(t, options, dataset, args.target_weights) for t in args.target]
+        targets = [resolve_net(t, options, dataset, args.target_weights)
+                   for t in runner.unique_values(args.target, "--target")]
         ids = runner.image_ids(dataset, options.limit)
         with ResultsStore(options.out) as store:
             by_target = run_transfer(dataset, ids, source, targets, store, options,

@@ -424,6 +424,7 @@ class Server:
 
     def __init__(self):
         self.files, self.cut_after, self.ignore_range, self.log = {}, {}, set(), []
+        self.no_length = set()     # paths answered without Content-Length (body ends at close)
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -453,7 +454,10 @@ class Server:
                                      % (start, len(data) - 1, len(data)))
                 else:
                     self.send_response(200)
-                self.send_header("Content-Length", str(len(data) - start))
+                if self.path in outer.no_length:
+                    self.close_connection = True
+                else:
+                    self.send_header("Content-Length", str(len(data) - start))
                 self.end_headers()
                 body = data[start:]
                 cut = outer.cut_after.pop(self.path, None)   # first request only
@@ -563,10 +567,98 @@ def test_fetch_accepts_a_truncated_checksum(server, tmp_path):
     assert weights.fetch("m", tmp_path, manifest).status is Status.OK_TRUNCATED
 
 
-def test_fetch_without_checksum_keeps_the_file(server, tmp_path):
-    manifest = manifest_of(served_entry(server, md5=None))
-    result = weights.fetch("m", tmp_path, manifest)
-    assert result.status is Status.NO_CHECKSUM and result.md5 == PAYLOAD_MD5
+TINY_MODEL = (REPO_ROOT / "caffe_attacks" / "data" / "tiny_synthetic.caffemodel").read_bytes()
+
+
+@pytest.mark.parametrize("prototxt", ["tiny_synthetic", "tiny_synthetic+crf"])
+def test_fetch_without_checksum_keeps_a_caffemodel_that_fills_the_definition(server, tmp_path,
+                                                                             prototxt):
+    # +crf: the caffemodel has no blobs for the layer "crf", whose param_str defines them
+    manifest = manifest_of(served_entry(server, name=prototxt, md5=None, data=TINY_MODEL))
+    result = weights.fetch(prototxt, tmp_path, manifest)
+    assert result.status is Status.NO_CHECKSUM
+    assert result.md5 == hashlib.md5(TINY_MODEL).hexdigest()
+    assert files_in(tmp_path) == ["m.caffemodel"]
+
+
+HTML_ERROR = b"<!DOCTYPE html><html><body><h1>503 Service Unavailable</h1></body></html>\n"
+
+
+@pytest.mark.parametrize("served, prototxt, reason", [
+    (HTML_ERROR, "tiny_synthetic", "not a caffemodel"),
+    (b"", "tiny_synthetic", "fills none of its 10 parameter layers"),
+    (TINY_MODEL, "enet_cityscapes", "fills none"),                 # another net's weights
+    (PAYLOAD, "tiny_synthetic", "not a caffemodel|fills none"),
+    (TINY_MODEL, "no_such_model", "definition .* is missing"),
+], ids=["html-error-page", "empty", "another-net", "random-bytes", "no-definition"])
+def test_fetch_without_checksum_deletes_what_is_not_the_models_caffemodel(server, tmp_path,
+                                                                          served, prototxt,
+                                                                          reason):
+    manifest = manifest_of(served_entry(server, name=prototxt, md5=None, data=served))
+    with pytest.raises(weights.FetchError, match="no usable caffemodel.*(%s).*deleted" % reason):
+        weights.fetch(prototxt, tmp_path, manifest)
+    assert files_in(tmp_path) == []
+
+
+@pytest.mark.parametrize("cut", [1000, 150_000, len(TINY_MODEL) - 1])
+def test_fetch_without_checksum_rejects_a_body_cut_short_without_content_length(server,
+                                                                                tmp_path, cut):
+    manifest = manifest_of(served_entry(server, name="tiny_synthetic", md5=None,
+                                        data=TINY_MODEL))
+    server.no_length.add("/m.caffemodel")
+    server.cut_after["/m.caffemodel"] = cut     # looks like a complete body to the client
+    with pytest.raises(weights.FetchError, match="no usable caffemodel"):
+        weights.fetch("tiny_synthetic", tmp_path, manifest)
+    assert files_in(tmp_path) == []
+
+
+def test_fetch_refuses_a_directory_named_like_the_caffemodel(server, tmp_path):
+    manifest = manifest_of(served_entry(server))
+    (tmp_path / "m.caffemodel").mkdir()
+    with pytest.raises(weights.FetchError, match=r"m\.caffemodel is a directory"):
+        weights.fetch("m", tmp_path, manifest)
+    assert server.log == []
+
+
+def test_verify_reports_a_directory_or_unreadable_file_and_the_cli_exits_2(tmp_path, capsys,
+                                                                           monkeypatch):
+    from caffe_attacks.weights import checksum
+    digest = write(tmp_path / "w" / "b.caffemodel", b"bbb")
+    (tmp_path / "w" / "a.caffemodel").mkdir()
+    manifest = manifest_of(base_entry("a", caffemodel="a.caffemodel", md5="a" * 32),
+                           base_entry("b", caffemodel="b.caffemodel", md5=digest))
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(manifest))
+    results = {r.name: r for r in weights.verify_dir(tmp_path / "w", manifest=manifest)}
+    assert results["a"].status is Status.UNREADABLE and "is a directory" in results["a"].detail
+    assert results["b"].status is Status.OK
+    assert cli(["--manifest", str(path), "verify", "--dir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: a: %s is a directory" % (tmp_path / "w" / "a.caffemodel")]
+
+    def denied(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(checksum, "hash_file", denied)
+    assert cli(["--manifest", str(path), "verify", "--dir", str(tmp_path / "w"), "b"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip() == "error: b: %s cannot be read (Permission denied)" \
+        % (tmp_path / "w" / "b.caffemodel")
+
+
+def test_cli_fetch_interrupted_exits_130_with_a_resume_hint(tmp_path, capsys, monkeypatch):
+    manifest = manifest_of(base_entry("m", urls=["http://127.0.0.1:9/m.caffemodel"]))
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(manifest))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(weights, "fetch", interrupted)
+    assert cli(["--manifest", str(path), "fetch", "--dir", str(tmp_path), "m"]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "resume" in err and str(tmp_path) in err
 
 
 def zip_bytes(members):

@@ -61,12 +61,22 @@ def open_dataset(kind, root, split="val", **opts):
     Returns
     -------
     VOCSegmentation or CityscapesSegmentation
+
+    Raises DatasetError when the split holds no image (an empty split file or
+    directory, or every sample skipped as bad): a run over it would report an
+    empty table as if it had succeeded.
     """
     root = os.fspath(root)
     if kind == "voc":
-        return VOCSegmentation(root, split, **opts)
-    if kind == "cityscapes":
-        return CityscapesSegmentation(root, split, **opts)
-    if kind == "synthetic":
-        return _open_synthetic(root, split, **opts)
-    raise ValueError(f"unknown dataset kind {kind!r}; expected one of {DATASET_KINDS}")
+        dataset = VOCSegmentation(root, split, **opts)
+    elif kind == "cityscapes":
+        dataset = CityscapesSegmentation(root, split, **opts)
+    elif kind == "synthetic":
+        dataset = _open_synthetic(root, split, **opts)
+    else:
+        raise ValueError(f"unknown dataset kind {kind!r}; expected one of {DATASET_KINDS}")
+    if not dataset.ids:
+        skipped = len(dataset.skipped)
+        raise DatasetError(root, f"split {split!r} has no images"
+                                 + (f" ({skipped} skipped as bad)" if skipped else ""))
+    return dataset

@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass
 
 import cv2
@@ -214,6 +215,8 @@ def render_cityscapes(seed, index, size=(256, 128), max_objects=5):
     image = np.zeros((h, w, 3))
     label = np.zeros((h, w), np.uint8)
     for top, bottom, name, color in bands:
+        if bottom <= top:       # a band rounded away on a small image
+            continue
         image[top:bottom] = _background(rng, (bottom - top, w), base=np.array(color, float),
                                         contrast=20.0)
         label[top:bottom] = ids[name]
@@ -241,9 +244,39 @@ def _write_palette_png(path, label, palette):
     im.save(path)
 
 
+MAX_SIDE = 8192    # px; the renderers hold a few float64 copies of the image
+
+
+def check_settings(out, n, seed, size, val_fraction, num_classes=None, jpeg_quality=None,
+                   void_width=None):
+    """Raise ValueError naming the first setting no set can be written with."""
+    checks = [
+        (isinstance(n, int) and n >= 1, f"--n must be at least 1 scene, got {n!r}"),
+        (isinstance(seed, int) and seed >= 0, f"--seed must be >= 0, got {seed!r}"),
+        (all(isinstance(v, int) and 8 <= v <= MAX_SIDE for v in size),
+         f"--width and --height must be 8..{MAX_SIDE} px, got {size[0]!r} x {size[1]!r}"),
+        (isinstance(val_fraction, (int, float)) and 0 <= val_fraction <= 1,
+         f"--val-fraction must be in [0, 1], got {val_fraction!r}"),
+        (num_classes is None or isinstance(num_classes, int)
+         and 2 <= num_classes <= MAX_VOC_CLASSES + 1,
+         f"--num-classes must be 2..{MAX_VOC_CLASSES + 1} (background + "
+         f"{MAX_VOC_CLASSES} shape classes), got {num_classes!r}"),
+        (jpeg_quality is None or isinstance(jpeg_quality, int) and 0 <= jpeg_quality <= 100,
+         f"--jpeg-quality must be 0..100, got {jpeg_quality!r}"),
+        (void_width is None or isinstance(void_width, int) and 0 <= void_width <= min(size),
+         f"--void-width must be 0..{min(size)} px, got {void_width!r}"),
+        (not os.path.exists(out) or os.path.isdir(out),
+         f"--out {out} exists and is not a directory"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
 def write_voc(out, n, seed, size=(128, 96), num_classes=5, val_fraction=0.25, jpeg_quality=95,
               void_width=2):
     """Write a VOC2012-layout directory; returns {split: [ids]}."""
+    check_settings(out, n, seed, size, val_fraction, num_classes, jpeg_quality, void_width)
     for sub in ("JPEGImages", "SegmentationClass", os.path.join("ImageSets", "Segmentation")):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
     palette = voc_palette()
@@ -275,6 +308,7 @@ def cityscapes_id(split, index):
 
 def write_cityscapes(out, n, seed, size=(256, 128), val_fraction=0.25):
     """Write a Cityscapes-layout directory (PNG images, labelId PNGs); returns {split: [ids]}."""
+    check_settings(out, n, seed, size, val_fraction)
     splits = {"train": [], "val": []}
     for index in range(n):
         split = _split_of(index, n, val_fraction)
@@ -300,6 +334,10 @@ def _write_meta(out, meta):
         json.dump(meta, f, indent=1)
 
 
+def _or(value, default):
+    return default if value is None else value     # 0 is a value (and an error), not "unset"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m caffe_attacks.datasets.synthetic",
@@ -318,16 +356,25 @@ def main(argv=None):
     parser.add_argument("--void-width", type=int, default=2,
                         help="voc only: width of the 255 boundary bands in px")
     args = parser.parse_args(argv)
-    if args.format == "voc":
-        size = (args.width or 128, args.height or 96)
-        splits = write_voc(args.out, args.n, args.seed, size, args.num_classes,
-                           args.val_fraction, args.jpeg_quality, args.void_width)
-    else:
-        size = (args.width or 256, args.height or 128)
-        splits = write_cityscapes(args.out, args.n, args.seed, size, args.val_fraction)
+    try:
+        if args.format == "voc":
+            size = (_or(args.width, 128), _or(args.height, 96))
+            splits = write_voc(args.out, args.n, args.seed, size, args.num_classes,
+                               args.val_fraction, args.jpeg_quality, args.void_width)
+        else:
+            size = (_or(args.width, 256), _or(args.height, 128))
+            splits = write_cityscapes(args.out, args.n, args.seed, size, args.val_fraction)
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again (scenes depend only on --seed)",
+              file=sys.stderr)
+        return 130
     print(f"wrote {args.format} set to {args.out}: "
           f"{len(splits['train'])} train, {len(splits['val'])} val, {size[0]}x{size[1]}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

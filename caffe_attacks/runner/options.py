@@ -7,10 +7,11 @@ exists is usable; bad values raise :class:`~caffe_attacks.errors.UsageError`
 naming the command-line option.
 """
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Tuple
 
-from caffe_attacks.attacks import ATTACKS, PAPER_EPS, validate_eps
+from caffe_attacks.attacks import ATTACKS, PAPER_EPS, validate_alpha, validate_eps
 # the one import of the dataset-kind list for the runner and its CLIs
 from caffe_attacks.datasets import DATASET_KINDS
 from caffe_attacks.errors import UsageError
@@ -21,6 +22,25 @@ ENGINES = ("caffe", "torch")
 # must not load before --blas-threads takes effect (so crf is imported lazily)
 W2_MODES = ("scale_learned", "replace_diagonal")
 IFGSM_LL_TARGETS = ("current", "clean")
+
+log = logging.getLogger(__name__)
+
+
+def unique_values(values, option):
+    """`values` without repeats, first occurrences in order; a repeat is logged as a note.
+
+    A repeated --eps 8 8 or --attack fgsm fgsm (or a transfer --target given
+    twice) is one configuration: running it twice would only write the same
+    records again.
+    """
+    out, repeated = [], []
+    for v in values:
+        (repeated if v in out else out).append(v)
+    if repeated:
+        log.warning("%s repeats %s; each value runs once", option,
+                    " ".join("%g" % v if isinstance(v, float) else str(v)
+                             for v in dict.fromkeys(repeated)))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -40,6 +60,7 @@ class RunOptions:
     weights: Optional[str] = None
     weights_dir: str = "weights"
     allow_unverified: bool = False
+    random_init: bool = False       # no weights: the definition's fillers (seed 0)
     input_blob: Optional[str] = None
     score_blob: Optional[str] = None
     protocol: Optional[str] = None
@@ -93,11 +114,20 @@ class RunOptions:
             raise UsageError("--crf-w2-mode must be one of %s" % ", ".join(W2_MODES))
         for a in self.attacks:
             registry.entry(a)
-        set_("attacks", tuple(self.attacks))
+        set_("attacks", unique_values(self.attacks, "--attack"))
         try:
-            set_("eps", tuple(validate_eps(self.eps)))
+            set_("eps", unique_values(validate_eps(self.eps), "--eps"))
         except ValueError as e:
             raise UsageError("bad --eps: %s" % e) from None
+        try:
+            set_("alpha", validate_alpha(self.alpha))
+        except ValueError as e:
+            raise UsageError("bad --alpha: %s" % e) from None
+        if self.gpu is not None and (isinstance(self.gpu, bool) or not isinstance(self.gpu, int)
+                                     or self.gpu < 0):
+            raise UsageError("--gpu must be a device number >= 0, got %r" % (self.gpu,))
+        if self.random_init and self.weights:
+            raise UsageError("--random-init and --weights exclude each other")
         if self.crf:
             from caffe_attacks import crf as crf_variants
             try:

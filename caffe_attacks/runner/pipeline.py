@@ -15,6 +15,7 @@ import numpy as np
 
 from caffe_attacks.attacks import ImageBox
 from caffe_attacks.errors import UsageError
+from caffe_attacks.finite import NonFiniteError
 from caffe_attacks.losses import softmax
 from caffe_attacks.metrics import confidence_entropy_sums, confusion_matrix
 from caffe_attacks.runner import registry
@@ -41,6 +42,8 @@ def record_base(rm, options):
         base["crf"] = rm.crf
     if rm.member is not None:
         base["member"] = rm.member.describe()
+    if rm.init is not None:     # no weights: keep these records apart from any trained net's
+        base["init"] = rm.init
     return base
 
 
@@ -135,6 +138,9 @@ class _View:
 def attack_batch(samples, source, targets, store, options, examples=None):
     """Attack images of one canvas size as one batch; evaluate and record every target.
 
+    A NaN or inf in an input or a net's scores raises NonFiniteError naming
+    the batch's images; nothing of the batch is recorded.
+
     Parameters
     ----------
     samples : datasets Samples whose images share one canvas under ``source``'s protocol
@@ -152,6 +158,14 @@ def attack_batch(samples, source, targets, store, options, examples=None):
     Attack time is shared evenly over the images and eps of a call. Returns
     the number of records added (0 without a store).
     """
+    try:
+        return _attack_batch(samples, source, targets, store, options, examples)
+    except NonFiniteError as e:
+        raise NonFiniteError("image %s: %s; nothing was stored for it"
+                             % (", ".join(s.id for s in samples), e)) from None
+
+
+def _attack_batch(samples, source, targets, store, options, examples):
     prepared = [source.protocol.prepare(s.image) for s in samples]
     x = np.concatenate([p[0] for p in prepared])
     ctxs = [p[1] for p in prepared]

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
@@ -45,14 +45,21 @@ class ResolvedModel:
     num_classes: int
     crf: Optional[dict] = None
     member: Optional[Member] = None
+    manifest_match: Tuple[str, ...] = ()    # manifest models whose md5 the weights have
+    init: Optional[str] = None              # "fillers" for a --random-init net (no weights)
 
 
 def load_engine(engine, prototxt, weights, gpu=None, input_blob=None, score_blob=None,
                 device=None):
-    """A net of the chosen engine (prototxt: path or text)."""
+    """A net of the chosen engine (prototxt: path or text).
+
+    Without weights the parameters are the definition's fillers, seeded (0)
+    so that a resumed run attacks the same net.
+    """
     if engine == "caffe":
         from caffe_attacks.caffe_net import CaffeNet
-        return CaffeNet(prototxt, weights, gpu=gpu, input_blob=input_blob, score_blob=score_blob)
+        return CaffeNet(prototxt, weights, gpu=gpu, input_blob=input_blob, score_blob=score_blob,
+                        filler_seed=0 if weights is None else None)
     if engine == "torch":
         try:
             from caffe_attacks.torch_net import TorchNet
@@ -143,12 +150,22 @@ def _load_net(options, prototxt, weights, input_blob, score_blob):
         raise UsageError("--crf: %s: %s" % (prototxt, e)) from None
 
 
+def _weights_file(path):
+    """UsageError unless ``path`` is a readable regular file (not a directory, FIFO)."""
+    problem = W.file_problem(path)
+    if problem == "missing":
+        raise UsageError("weights not found: %s" % path)
+    if problem:
+        raise UsageError("weights %s %s, not a caffemodel" % (path, problem))
+
+
 def _manifest_weights(name, entry, options):
     """(path, md5, verified) of the weights of zoo model ``name`` (entry may be None)."""
+    if options.random_init:
+        return None, None, False
     if options.weights:
         path = options.weights
-        if not os.path.exists(path):
-            raise UsageError("weights not found: %s" % path)
+        _weights_file(path)
     elif entry is None:
         raise UsageError("%s has no weights manifest entry; give its caffemodel" % name)
     else:
@@ -156,6 +173,7 @@ def _manifest_weights(name, entry, options):
         if not os.path.exists(path):
             raise UsageError("weights not found: %s; get them with `make fetch-weights NAMES=%s` "
                              "(or point --weights-dir at them)" % (path, name))
+        _weights_file(path)
     if entry is None:
         return path, W.md5_file(path), False
     check = W.verify_file(name, path, progress=not options.quiet)
@@ -211,7 +229,8 @@ def resolve_model(options):
         model = _load_net(options, prototxt, path, options.input_blob or spec.input_blob,
                           options.score_blob or spec.score_blob)
     return ResolvedModel(model, protocol, member.label, path, md5, verified, spec.num_classes,
-                         crf=options.crf_record(), member=member if member.generated else None)
+                         crf=options.crf_record(), member=member if member.generated else None,
+                         init="fillers" if options.random_init else None)
 
 
 def _resolve_prototxt(options):
@@ -219,16 +238,22 @@ def _resolve_prototxt(options):
         raise UsageError("give --model NAME or --prototxt P [--weights W]")
     if not os.path.exists(options.prototxt):
         raise UsageError("prototxt not found: %s" % options.prototxt)
-    md5 = None
+    md5, matches = None, ()
     if options.weights:
-        if not os.path.exists(options.weights):
-            raise UsageError("weights not found: %s" % options.weights)
+        _weights_file(options.weights)
         md5 = W.md5_file(options.weights)
+        matches = tuple(W.models_with_md5(md5))
+        log.info("weights %s: md5 %s%s", options.weights, md5,
+                 " (the manifest's %s)" % ", ".join(matches) if matches else "")
+    elif not options.random_init:
+        raise UsageError("--prototxt without --weights: give the caffemodel, or --random-init "
+                         "to attack the net with its definition's fillers (seed 0)")
     model = _load_net(options, options.prototxt, options.weights, options.input_blob,
                       options.score_blob)
     return ResolvedModel(model, parse_protocol(options.protocol), options.prototxt,
                          options.weights, md5, False, model.num_classes,
-                         crf=options.crf_record())
+                         crf=options.crf_record(), manifest_match=matches,
+                         init="fillers" if options.random_init else None)
 
 
 def open_data(options):

@@ -15,8 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
-from caffe_attacks.weights.checksum import (Status, Verification, compare, hash_file,
-                                            matches_truncated, md5_file, verify_entry)
+from caffe_attacks.weights.checksum import (Status, Verification, compare, file_problem,
+                                            hash_file, matches_truncated, md5_file, verify_entry)
 from caffe_attacks.weights.fetch import FetchError, FetchResult, fetch_entry
 from caffe_attacks.weights.manifest import (ManifestError, input_protocol, load_manifest,
                                             model_entry, validate, weights_file)
@@ -24,6 +24,7 @@ from caffe_attacks.weights.manifest import (ManifestError, input_protocol, load_
 __all__ = ["Status", "Verification", "FetchError", "FetchResult", "ManifestError",
            "load_manifest", "validate", "model_entry", "input_protocol",
            "weights_file", "md5_file", "hash_file", "matches_truncated", "compare",
+           "file_problem", "models_with_md5",
            "verify_file", "verify_dir", "fetch", "fetchable_names"]
 
 
@@ -64,6 +65,14 @@ def verify_dir(weights_dir: Union[str, Path], names: Optional[Iterable[str]] = N
                 cache[key] = result
         results.append(result)
     return results
+
+
+def models_with_md5(md5: str, manifest: Optional[dict] = None) -> list:
+    """Manifest models whose published md5 (full or truncated) ``md5`` matches."""
+    manifest = manifest or load_manifest()
+    return [name for name, entry in manifest["models"].items() if entry.get("md5")
+            and compare(md5, entry["md5"], bool(entry.get("md5_truncated")))
+            in (Status.OK, Status.OK_TRUNCATED)]
 
 
 def fetchable_names(manifest: Optional[dict] = None) -> list:

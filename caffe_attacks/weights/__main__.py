@@ -7,6 +7,7 @@ import logging
 import sys
 
 from caffe_attacks import weights
+from caffe_attacks.cli import run_cli
 from caffe_attacks.weights.checksum import Status
 
 
@@ -28,11 +29,15 @@ def cmd_verify(args) -> int:
         print(_table(rows, ["model", "status", "md5", "note"]))
         counts = {s: sum(r.status is s for r in results) for s in Status}
         print("\n" + ", ".join("%d %s" % (n, s.value) for s, n in counts.items() if n))
+    for r in results:
+        if r.unreadable:
+            print("error: %s: %s" % (r.name, r.detail), file=sys.stderr)
     bad = [r.name for r in results if r.mismatch]
     if bad:
         print("MISMATCH: %s" % ", ".join(bad), file=sys.stderr)
-        return 1
-    return 0
+    if any(r.unreadable for r in results):
+        return 2
+    return 1 if bad else 0
 
 
 def cmd_fetch(args) -> int:
@@ -84,11 +89,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except (weights.ManifestError, KeyError) as err:
-        print("error: %s" % (err.args[0] if err.args else err), file=sys.stderr)
-        return 2
+    hint = ("what arrived is kept as <file>.part in %s; run the same command to resume"
+            % args.dir) if args.command == "fetch" else "run the same command again"
+    return run_cli(lambda: args.func(args), resume_hint=hint)
 
 
 if __name__ == "__main__":

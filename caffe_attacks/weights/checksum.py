@@ -29,6 +29,7 @@ class Status(str, enum.Enum):
     NO_CHECKSUM = "no published checksum"
     MISMATCH = "MISMATCH"
     MISSING = "missing"
+    UNREADABLE = "UNREADABLE"     # there, but a directory, a FIFO, or no permission
 
     def __str__(self) -> str:
         return self.value
@@ -77,6 +78,22 @@ def hash_file(path: Union[str, Path], algorithms=("md5",), progress: bool = Fals
         if bar is not None:
             bar.close()
     return {name: hasher.hexdigest() for name, hasher in hashers.items()}
+
+
+def file_problem(path: Union[str, Path]) -> Optional[str]:
+    """None for a regular file; "missing"; or why `path` cannot be a caffemodel.
+
+    A directory or FIFO named like the caffemodel is reported, never taken
+    for a missing file (a FIFO would also hang the reader).
+    """
+    path = Path(path)
+    if not path.exists():
+        return "missing"
+    if path.is_dir():
+        return "is a directory"
+    if not path.is_file():
+        return "is not a regular file"
+    return None
 
 
 def md5_file(path: Union[str, Path], progress: bool = False) -> str:
@@ -138,6 +155,10 @@ class Verification:
     def mismatch(self) -> bool:
         return self.status is Status.MISMATCH
 
+    @property
+    def unreadable(self) -> bool:
+        return self.status is Status.UNREADABLE
+
     def to_dict(self) -> dict:
         record = asdict(self)
         record["status"] = self.status.value
@@ -151,13 +172,21 @@ def verify_entry(entry: dict, path: Union[str, Path], progress: bool = False) ->
                           expected_md5=entry.get("md5"),
                           md5_truncated=bool(entry.get("md5_truncated")),
                           expected_sha1=entry.get("sha1"))
-    if not path.is_file():
+    problem = file_problem(path)
+    if problem == "missing":
         if not entry.get("public", True):
             closest = entry.get("closest_public") or {}
             result.detail = "not public; closest public model: %s" % closest.get("name", "?")
         return result
     algorithms = ("md5", "sha1") if result.expected_sha1 else ("md5",)
-    digests = hash_file(path, algorithms, progress=progress)
+    if problem is None:
+        try:
+            digests = hash_file(path, algorithms, progress=progress)
+        except OSError as e:
+            problem = "cannot be read (%s)" % (e.strerror or e)
+    if problem:
+        result.status, result.detail = Status.UNREADABLE, "%s %s" % (path, problem)
+        return result
     result.md5, result.sha1 = digests["md5"], digests.get("sha1")
     result.status = compare(result.md5, result.expected_md5, result.md5_truncated)
     if result.expected_sha1 and result.sha1 != result.expected_sha1.lower():

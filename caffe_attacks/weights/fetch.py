@@ -5,7 +5,10 @@ with an HTTP ``Range`` request (after an interruption within one call, or in
 a later call). Archives (ENet's Dropbox folder zip, the DeepLab zips, the
 clockwork tarball) are unpacked to ``<dir>/<caffemodel>.part``. The md5 is
 checked before ``os.replace`` puts the caffemodel in place; on a mismatch
-every partial file is deleted, so nothing unverified is left behind.
+every partial file is deleted, so nothing unverified is left behind. A model
+without a published checksum is accepted only if the download decodes as a
+caffemodel whose layers fill the model's definition (an HTML error page or
+a body cut short is deleted instead).
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Optional, Sequence, Union
 
-from caffe_attacks.weights.checksum import Status, compare, md5_file, verify_entry
+from caffe_attacks import resources
+from caffe_attacks.weights.checksum import Status, compare, file_problem, md5_file, verify_entry
 from caffe_attacks.weights.manifest import weights_file
 
 log = logging.getLogger(__name__)
@@ -188,6 +192,22 @@ def extract_member(archive: Path, fmt: str, member: str, out: Path) -> None:
         raise FetchError("cannot unpack %s: %s" % (archive, err)) from None
 
 
+def caffemodel_problem(entry: dict, path: Path) -> Optional[str]:
+    """None if ``path`` decodes as a caffemodel filling ``entry``'s definition, else why not."""
+    from caffe_attacks import definition_check
+    from caffe_attacks.caffemodel_reader import read_caffemodel
+    prototxt = resources.project_path(entry["prototxt"])
+    if not prototxt.is_file():
+        return "its definition %s is missing, so the file cannot be checked" % prototxt
+    try:
+        net = definition_check.parse(prototxt.read_text(), str(prototxt))
+        definition_check.check_caffemodel_fills(net, read_caffemodel(path), path.name,
+                                                str(prototxt))
+    except ValueError as e:     # CaffemodelFormatError, WeightShapeError, UnfilledParamsError
+        return str(e)
+    return None
+
+
 def _remove(*paths: Path) -> None:
     for path in paths:
         if path.exists():
@@ -217,8 +237,13 @@ def fetch_entry(entry: dict, weights_dir: Union[str, Path], *, attempts: int = 3
     if entry.get("weights_path"):
         return FetchResult(name, str(target), verify_entry(entry, target).status, None,
                            "embedded in the repository")
+    if file_problem(target) not in (None, "missing"):
+        raise FetchError("%s: %s %s, so the caffemodel cannot be put there; remove or rename "
+                         "it" % (name, target, file_problem(target)))
     if target.exists():
         found = verify_entry(entry, target, progress=progress)
+        if found.unreadable:
+            raise FetchError("%s: %s" % (name, found.detail))
         if found.mismatch:
             raise FetchError("%s: %s is already there but its md5 %s does not match %s; "
                              "remove it to download again" % (name, target, found.md5,
@@ -255,7 +280,14 @@ def fetch_entry(entry: dict, weights_dir: Union[str, Path], *, attempts: int = 3
                              "was deleted and nothing was put in place"
                              % (name, url, md5, entry["md5"]))
         if status is Status.NO_CHECKSUM:
-            log.warning("%s: no published checksum; keeping it with md5 %s", name, md5)
+            problem = caffemodel_problem(entry, model_part)
+            if problem:
+                _remove(part, model_part)
+                raise FetchError("%s: %s gave no usable caffemodel and there is no published "
+                                 "checksum to go by: %s; the download was deleted and nothing "
+                                 "was put in place" % (name, url, problem))
+            log.warning("%s: no published checksum; it decodes as a caffemodel that fills %s, "
+                        "keeping it with md5 %s", name, entry["prototxt"], md5)
         os.replace(model_part, target)
         _remove(part)
         return FetchResult(name, str(target), status, md5, "downloaded")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from caffe_attacks import zoo
-from caffe_attacks.environment import CaffeUnavailable
+from caffe_attacks.cli import run_cli
 from caffe_attacks.zoo.shapes import param_count
 
 MIB = 4.0 / 2 ** 20
@@ -61,11 +61,7 @@ def main(argv=None):
     p_write.set_defaults(func=_write)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
-    try:
-        return args.func(args)
-    except CaffeUnavailable as err:
-        print("error: %s" % err, file=sys.stderr)
-        return 2
+    return run_cli(lambda: args.func(args), resume_hint="run the same command again")
 
 
 if __name__ == "__main__":
