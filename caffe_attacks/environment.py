@@ -126,11 +126,17 @@ def software_versions() -> dict:
     """What a record carries: ``{"caffe_attacks", "git_commit", "numpy", ..., "caffe"}``.
 
     Values are version strings, or None for what is not installed
-    (``git_commit``: see :func:`source_revision`).
+    (``git_commit``: see :func:`source_revision`). Looked up once per process
+    (every record asks); a fresh dict each call.
     """
+    return dict(_software_versions())
+
+
+@functools.lru_cache(maxsize=None)
+def _software_versions():
     versions = {"caffe_attacks": __version__, "git_commit": source_revision()}
     for key, dists in DISTRIBUTIONS.items():
         found = (distribution_version(dist) for dist in dists)
         versions[key] = next((v for v in found if v is not None), NOT_INSTALLED)
     versions["caffe"] = caffe_build_id()
-    return versions
+    return tuple(versions.items())

@@ -18,6 +18,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from caffe_attacks import resources, zoo
@@ -166,12 +167,33 @@ def test_weights_verify_finds_the_embedded_model(installed, tmp_path):
     assert Path(row["path"]) == purelib / "caffe_attacks" / "data" / "tiny_synthetic.caffemodel"
 
 
-def test_commands_needing_caffe_say_so_in_one_line(installed, tmp_path):
+def test_experiments_list_names_every_definition(installed, tmp_path):
+    python, _, _ = installed
+    lines = _run([python, "-m", "caffe_attacks.experiments", "list"],
+                 cwd=tmp_path).stdout.splitlines()
+    listed = {line.split()[0] for line in lines if line.strip()}
+    assert listed == {p.stem for p in (REPO / "experiments").glob("*.json")}
+
+
+def test_a_table_renders_from_a_store_without_running(installed, tmp_path):
+    python, _, _ = installed
+    _run([python, "-m", "caffe_attacks.experiments", "table", "A4", "--no-run", "--results",
+          tmp_path / "results"], cwd=tmp_path)
+    text = (tmp_path / "results" / "tables" / "table_A4.md").read_text()
+    assert text.startswith("### Table A4")
+    # ours: the committed FCN8s (VGG) definition's 134.5 M parameters x 4 bytes = 513.0 MiB
+    assert "513.0 / 513.0" in text
+
+
+def test_commands_needing_caffe_say_so_in_one_line(installed, small_synthetic_voc, tmp_path):
     python, _, without_caffe = installed
     if not without_caffe:
         pytest.skip("pycaffe is importable here")
     for argv in (["zoo", "write", tmp_path / "p", "tiny_synthetic"],
-                 ["zoo", "list", "--regenerate"]):
+                 ["zoo", "list", "--regenerate"],
+                 ["run", "--model", "tiny_synthetic", "--engine", "caffe", "--dataset",
+                  "synthetic", "--data-dir", small_synthetic_voc, "--limit", "1", "--eps", "4",
+                  "--out", tmp_path / "caffe_run"]):
         result = _run([python, "-m", "caffe_attacks." + argv[0]] + argv[1:], cwd=tmp_path,
                       check=False)
         assert result.returncode == 2, result.stderr
@@ -209,9 +231,15 @@ def checkout_summary(small_synthetic_voc, tmp_path_factory):
 
 def test_torch_run_from_the_install_matches_the_checkout(installed, small_synthetic_voc,
                                                          checkout_summary, tmp_path):
-    python, purelib, _ = installed
+    python, purelib, without_caffe = installed
     summary = _torch_run(python, small_synthetic_voc, tmp_path / "installed", tmp_path)
     assert Path(summary["meta"]["weights"]).is_relative_to(purelib)
+    # the records name the software: no git checkout here, and pycaffe only where it is
+    [software] = {json.dumps(s["software"], sort_keys=True)
+                  for row in summary["rows"] for s in row["software"]}
+    software = json.loads(software)
+    assert software["git_commit"] is None and software["numpy"] == np.__version__
+    assert (software["caffe"] is None) == without_caffe
     measured = {(r["attack"], r["eps"]): (r["n_images"], r["miou"]) for r in summary["rows"]}
     assert measured == {(r["attack"], r["eps"]): (r["n_images"], r["miou"])
                         for r in checkout_summary["rows"]}
