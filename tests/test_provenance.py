@@ -93,3 +93,18 @@ def test_a_table_names_the_software_of_its_records(tmp_path):
     assert "numpy 1.26.4" in other and other.endswith("no pycaffe")
     tex = tables.to_latex(table)
     assert "% Software (3 records): " in tex
+
+
+def test_a_clean_column_shared_by_rows_is_counted_once(tmp_path):
+    defn = {"id": "table_T2", "kind": "table", "title": "T2", "dataset": "voc", "split": "val",
+            "metric": "miou", "model": "m1", "columns": {"eps": [0, 1]},
+            "rows": [{"label": "FGSM", "attack": "fgsm"},
+                     {"label": "FGSM II", "attack": "fgsm_ll"}]}
+    with ResultsStore(tmp_path / "r.h5") as store:
+        for cfg in (config("m1", "clean", 0), config("m1", "fgsm", 1),
+                    config("m1", "fgsm_ll", 1)):
+            store.add_image([_rec("i0", cfg=cfg), _rec("i1", cfg=cfg)])
+        table = tables.build(defn, store)
+    assert [v.n_images for row in table.values for v in row] == [2, 2, 2, 2]
+    # 3 configurations x 2 images, though both rows show the clean one
+    assert [s["n_records"] for s in table.software] == [6]

@@ -12,13 +12,13 @@ torch, OpenCV, h5py, the Caffe build, the project and its git commit).
 """
 import csv
 import io
-import json
 import os
 from dataclasses import dataclass, field
 
 from caffe_attacks import zoo
 from caffe_attacks.experiments.definitions import FULL_SPLIT_SIZE, expand_columns, table_cells
 from caffe_attacks.experiments.queries import find_config
+from caffe_attacks.store import software_sets
 from caffe_attacks.zoo.shapes import param_count
 
 METRICS = {
@@ -93,7 +93,7 @@ def build(defn, store, limit=None, ids=None):
             continue
         keys[(cell.row, cell.col)] = find_config(store, cell.query) if store else None
 
-    notes, partial, software = [], bool(limit), []
+    notes, partial, shown = [], bool(limit), {}    # shown: config key -> image ids used
     for r, label in enumerate(rows):
         groups = {}
         for cell in cells:
@@ -113,7 +113,7 @@ def build(defn, store, limit=None, ids=None):
                 s = store.summary(key, ids=sorted(common))
                 values[r][col].ours = value_of(s)
                 values[r][col].n_images = s["n_images"]
-                software += s.get("software", [])
+                shown.setdefault(key, set()).update(common)
             full = defn.get("n_images") or FULL_SPLIT_SIZE.get((dataset, split))
             if full is None or len(common) < full:
                 if full is not None or limit:
@@ -125,18 +125,10 @@ def build(defn, store, limit=None, ids=None):
         if row.get("note"):
             notes.append("%s: %s" % (row["label"], row["note"]))
     title = defn.get("title") or defn["id"]
+    # each record once, though a clean column may appear in several rows
+    behind = [r for key, ids in shown.items() for r in store.records(key) if r["id"] in ids]
     return Table(defn["id"], title, defn.get("caption", ""), rows, cols, values, fmt,
-                 notes, partial, merge_software_sets(software))
-
-
-def merge_software_sets(sets):
-    """One entry per distinct software, its record counts added (most records first)."""
-    counts = {}
-    for entry in sets:
-        text = json.dumps(entry["software"], sort_keys=True)
-        counts[text] = counts.get(text, 0) + entry["n_records"]
-    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-    return [{"software": json.loads(text), "n_records": n} for text, n in ordered]
+                 notes, partial, software_sets(behind))
 
 
 # record key -> how a table names it, in the order shown
