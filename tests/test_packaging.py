@@ -87,6 +87,17 @@ def test_wheel_carries_the_repository_data_byte_for_byte(wheel):
             assert zf.read(data[destination]) == (REPO / source).read_bytes(), source
 
 
+def test_wheel_carries_every_file_of_the_package(wheel):
+    """Templates, the tiny model, every module: nothing under caffe_attacks/ is left out."""
+    package = REPO / "caffe_attacks"
+    expected = {"caffe_attacks/" + p.relative_to(package).as_posix()
+                for p in package.rglob("*") if p.is_file()
+                and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".nbi", ".nbc")}
+    with zipfile.ZipFile(wheel) as zf:
+        missing = expected - set(zf.namelist())
+    assert not missing, sorted(missing)
+
+
 def test_checkout_reads_the_repository_in_place():
     assert resources.layout() == "checkout"
     assert resources.manifest_path() == REPO / "weights_manifest.json"
