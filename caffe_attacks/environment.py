@@ -126,10 +126,17 @@ def software_versions() -> dict:
     """What a record carries: ``{"caffe_attacks", "git_commit", "numpy", ..., "caffe"}``.
 
     Values are version strings, or None for what is not installed
-    (``git_commit``: see :func:`source_revision`). Looked up once per process
-    (every record asks); a fresh dict each call.
+    (``git_commit``: see :func:`source_revision`). Looked up at the first call
+    of a process (every record asks; the code a process runs is the code it
+    loaded); a fresh dict each call.
     """
     return dict(_software_versions())
+
+
+def refresh():
+    """Forget the looked-up versions (after installing something into this process's env)."""
+    source_revision.cache_clear()
+    _software_versions.cache_clear()
 
 
 @functools.lru_cache(maxsize=None)

@@ -84,6 +84,8 @@ def test_source_revision_is_the_checkouts_head():
         pytest.skip("not a git checkout")
     head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                           text=True, check=True).stdout.strip()
+    # both are looked up once per process; the suite may outlive a commit
+    environment.refresh()
     revision = environment.source_revision()
     assert revision in (head, head + "+dirty")
     assert environment.software_versions()["git_commit"] == revision
