@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from caffe_attacks import resources, zoo
+from caffe_attacks import environment, resources, zoo
 from tests.conftest import HAVE_CAFFE, requires_caffe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -222,9 +222,9 @@ def test_installed_generator_reproduces_the_committed_prototxt(installed, tmp_pa
             == (REPO / "prototxt" / "tiny_synthetic.prototxt").read_bytes())
 
 
-def _torch_run(python, data_dir, out, cwd, pythonpath=None):
-    """Summary of an FGSM run of the embedded model through the torch engine."""
-    _run([python, "-m", "caffe_attacks.run", "--model", "tiny_synthetic", "--engine", "torch",
+def _fgsm_run(python, data_dir, out, cwd, pythonpath=None, engine="torch"):
+    """Summary of an FGSM run (eps 4, 2 images) of the embedded model."""
+    _run([python, "-m", "caffe_attacks.run", "--model", "tiny_synthetic", "--engine", engine,
           "--dataset", "synthetic", "--data-dir", data_dir, "--limit", "2", "--attack", "fgsm",
           "--eps", "4", "--out", out, "--quiet"], cwd=cwd, pythonpath=pythonpath)
     return json.loads(Path(str(out) + ".json").read_text())
@@ -235,15 +235,15 @@ def checkout_summary(small_synthetic_voc, tmp_path_factory):
     """The same run from the checkout, for comparison."""
     pytest.importorskip("torch")
     out = tmp_path_factory.mktemp("checkout_run")
-    summary = _torch_run(sys.executable, small_synthetic_voc, out / "run", out, pythonpath=REPO)
+    summary = _fgsm_run(sys.executable, small_synthetic_voc, out / "run", out, pythonpath=REPO)
     assert Path(summary["meta"]["weights"]).is_relative_to(REPO)
     return summary
 
 
-def test_torch_run_from_the_install_matches_the_checkout(installed, small_synthetic_voc,
+def test_fgsm_run_from_the_install_matches_the_checkout(installed, small_synthetic_voc,
                                                          checkout_summary, tmp_path):
     python, purelib, without_caffe = installed
-    summary = _torch_run(python, small_synthetic_voc, tmp_path / "installed", tmp_path)
+    summary = _fgsm_run(python, small_synthetic_voc, tmp_path / "installed", tmp_path)
     assert Path(summary["meta"]["weights"]).is_relative_to(purelib)
     # the records name the software: no git checkout here, and pycaffe only where it is
     [software] = {json.dumps(s["software"], sort_keys=True)
@@ -337,3 +337,20 @@ def test_installed_layout_maps_repository_paths_into_the_package(tmp_path, monke
             == tmp_path / "data" / "tiny_synthetic.caffemodel")
     with pytest.raises(resources.ResourceError):
         resources.project_path("docs/DESIGN.md")
+
+
+@requires_caffe
+def test_caffe_run_from_the_install_matches_the_checkout(installed, small_synthetic_voc,
+                                                         tmp_path):
+    python, purelib, without_caffe = installed
+    if without_caffe:
+        pytest.skip("needs pycaffe")
+    summary = _fgsm_run(python, small_synthetic_voc, tmp_path / "installed", tmp_path,
+                         engine="caffe")
+    reference = _fgsm_run(sys.executable, small_synthetic_voc, tmp_path / "checkout", tmp_path,
+                           pythonpath=REPO, engine="caffe")
+    assert Path(summary["meta"]["weights"]).is_relative_to(purelib)
+    measured = {(r["attack"], r["eps"]): r["miou"] for r in summary["rows"]}
+    assert measured == {(r["attack"], r["eps"]): r["miou"] for r in reference["rows"]}
+    [software] = summary["rows"][0]["software"]
+    assert software["software"]["caffe"] == environment.caffe_build_id()
