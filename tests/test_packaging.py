@@ -354,3 +354,17 @@ def test_caffe_run_from_the_install_matches_the_checkout(installed, small_synthe
     assert measured == {(r["attack"], r["eps"]): r["miou"] for r in reference["rows"]}
     [software] = summary["rows"][0]["software"]
     assert software["software"]["caffe"] == environment.caffe_build_id()
+
+
+def test_make_setup_installs_every_package_with_the_lock():
+    """Each `pip install` of the venv target pins through requirements.lock, except the
+    two that install no dependencies (cityscapesscripts, the project itself)."""
+    text = (REPO / "Makefile").read_text()
+    recipe = text.split("\nvenv:\n", 1)[1].split("\n\n", 1)[0]
+    installs = [line for line in recipe.replace("\\\n", " ").splitlines()
+                if "pip install" in line]
+    assert len(installs) >= 4
+    for line in installs:
+        assert "-c requirements.lock" in line or "--no-deps" in line, line
+    assert "-r requirements.txt -c requirements.lock" in recipe
+    assert re.search(r"^\$\(VENV\)/\.setup-done: .*requirements\.lock", text, re.M)
