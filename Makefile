@@ -10,12 +10,12 @@ APT_PACKAGES := build-essential patchelf libboost-system-dev libboost-thread-dev
 PYTEST_ARGS ?=
 TORCH_WHEELS ?= /opt/wheels
 
-.PHONY: setup apt venv caffe test test-all clean-caffe clean
+.PHONY: setup apt venv caffe lock test test-all clean-caffe clean
 
-## setup: Debian packages, .venv, and a cached pycaffe build (idempotent)
+## setup: Debian packages, .venv with the locked versions, and a cached pycaffe build (idempotent)
 setup: $(VENV)/.setup-done
 
-$(VENV)/.setup-done: requirements.txt setup.py scripts/build_caffe.sh
+$(VENV)/.setup-done: requirements.txt requirements.lock pyproject.toml setup.py scripts/build_caffe.sh
 	@$(MAKE) --no-print-directory apt venv caffe
 	@touch $@
 
@@ -27,10 +27,12 @@ apt:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# Every pip install below takes requirements.lock as constraints: the exact
+# versions the suite passed with (`make lock` rewrites it from this venv).
 venv:
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install --quiet --upgrade pip setuptools wheel
-	@$(PY) -m pip install --quiet -r requirements.txt
+	@$(PY) -m pip install --quiet --upgrade pip setuptools wheel -c requirements.lock
+	@$(PY) -m pip install --quiet -r requirements.txt -c requirements.lock
 	@# The official Cityscapes label table, for a test; its declared dependencies
 	@# (a Python-2 typing backport among them) are not needed for labels.py.
 	@$(PY) -m pip install --quiet --no-deps cityscapesscripts==2.3.0
@@ -39,11 +41,15 @@ venv:
 	@# never a multi-GB CUDA download; without one its tests skip.
 	@$(PY) -c "import torch" 2>/dev/null || { \
 	  wheel=$$(ls $(TORCH_WHEELS)/torch-2.13.0+cpu-cp311-*.whl 2>/dev/null | head -n 1); \
-	  if [ -n "$$wheel" ]; then $(PY) -m pip install --quiet "$$wheel"; \
+	  if [ -n "$$wheel" ]; then $(PY) -m pip install --quiet "$$wheel" -c requirements.lock; \
 	  else echo "[setup] no local torch CPU wheel in $(TORCH_WHEELS): the torch-engine tests will skip"; fi; }
 
 caffe:
 	@scripts/build_caffe.sh $(PY)
+
+## lock: rewrite requirements.lock from .venv (after the suite passes with it)
+lock:
+	@scripts/lock_requirements.sh $(PY) requirements.lock
 
 ## test: set up when needed, then the suite (slow tests excluded; see test-all)
 test: setup

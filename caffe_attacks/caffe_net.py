@@ -20,12 +20,12 @@ import tempfile
 
 import numpy as np
 
-# Caffe logs every layer at INFO through glog; keep the user's terminal quiet
-# unless they asked otherwise.
-os.environ.setdefault("GLOG_minloglevel", "2")
+from caffe_attacks.environment import import_caffe, import_caffe_pb2
 
-import caffe  # noqa: E402
-from caffe.proto import caffe_pb2  # noqa: E402
+# CaffeUnavailable (one line: how to build it) when pycaffe is missing; first,
+# because protobuf is pycaffe's dependency, not the toolkit's.
+caffe = import_caffe()
+caffe_pb2 = import_caffe_pb2()
 from google.protobuf import text_format  # noqa: E402
 
 from caffe_attacks import definition_check  # noqa: E402

@@ -21,13 +21,15 @@ def _anticipated():
     neither h5py (the store) nor the dataset readers.
     """
     from caffe_attacks.datasets import DatasetError
+    from caffe_attacks.environment import CaffeUnavailable
     from caffe_attacks.store import StoreError
     # ValueError covers the engines' and the store's checks on what the user gave
     # (DefinitionError, UnfilledParamsError, NonFiniteError, GpuUnavailable,
     # CaffemodelFormatError, InvalidRecord); StoreError a locked, unusable or
-    # full --out; OSError a path the user named that cannot be written or read
-    # (its message names the file)
-    return (UsageError, DatasetError, StoreError, ValueError, OSError)
+    # full --out; CaffeUnavailable a command that needs the pycaffe build;
+    # OSError a path the user named that cannot be written or read (its message
+    # names the file)
+    return (UsageError, CaffeUnavailable, DatasetError, StoreError, ValueError, OSError)
 
 
 def run_cli(body, resume_hint=DEFAULT_RESUME_HINT):

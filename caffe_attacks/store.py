@@ -28,8 +28,11 @@ process that writes the store.
 Layout of the HDF5 file: ``/configs/<key>`` groups with attribute ``config``
 (JSON) and row-aligned datasets ``ids``, ``cm_clean`` and ``cm_adv`` (n, C, C)
 int64, ``conf_sum``, ``ent_sum``, ``max_delta``, ``seconds`` (float64),
-``npix`` (int64) and ``version`` (str). Stores written by earlier versions
-may hold an id twice in one configuration; readers count it once.
+``npix`` (int64), ``version`` (str) and ``software`` (str: the JSON of
+``environment.software_versions()`` of the process that computed the record;
+empty in records from before versions were recorded). Stores written by
+earlier versions may hold an id twice in one configuration; readers count it
+once.
 """
 import fcntl
 import hashlib
@@ -40,12 +43,14 @@ import math
 import os
 import shutil
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 import h5py
 import numpy as np
 
 from caffe_attacks import __version__
+from caffe_attacks.environment import software_versions
 from caffe_attacks.metrics import iou_ratio, mean_iou, pixel_accuracy
 
 log = logging.getLogger(__name__)
@@ -82,6 +87,8 @@ class Record:
     cm_clean, cm_adv: (C, C) int64 confusion matrices on the image's label grid
     conf_sum, ent_sum: sums over npix pixels of max-probability and entropy
     max_delta: achieved ||x_adv - x||_inf; seconds: time spent on this record
+    software: the versions that computed it (numpy, torch, opencv, h5py, the Caffe
+    build, the project and its git commit); None for records stored before that
     """
     config: dict
     image_id: str
@@ -93,6 +100,7 @@ class Record:
     max_delta: float
     seconds: float
     version: str = __version__
+    software: Optional[dict] = field(default_factory=software_versions)
 
     @property
     def key(self):
@@ -125,6 +133,7 @@ class Record:
             "cm_adv": np.asarray(self.cm_adv).tolist(),
             "conf_sum": self.conf_sum, "ent_sum": self.ent_sum, "npix": int(self.npix),
             "max_delta": self.max_delta, "seconds": self.seconds, "version": self.version,
+            "software": self.software,
         }, sort_keys=True)
 
     @classmethod
@@ -135,7 +144,8 @@ class Record:
                   cm_clean=np.array(d["cm_clean"], np.int64),
                   cm_adv=np.array(d["cm_adv"], np.int64),
                   conf_sum=d["conf_sum"], ent_sum=d["ent_sum"], npix=d["npix"],
-                  max_delta=d["max_delta"], seconds=d["seconds"], version=d["version"])
+                  max_delta=d["max_delta"], seconds=d["seconds"], version=d["version"],
+                  software=d.get("software"))
         if not isinstance(rec.config, dict) or d["key"] != rec.key:
             raise ValueError("its key does not match its configuration")
         rec.check()
@@ -312,19 +322,22 @@ class ResultsStore:
                 g = f.get("configs/" + key)
                 if g is not None:
                     ids = _ids(g)
-                    cols = {name: g[name][()] for name in g if name != "ids"}
+                    cols = {name: g[name][()] for name in g if name not in ("ids", "software")}
+                    software = _software_column(g, len(ids))
                     for i, image_id in enumerate(ids):
                         if image_id in seen:    # written twice by an earlier version
                             continue
                         seen.add(image_id)
-                        rows.append({"id": image_id, **{n: c[i] for n, c in cols.items()}})
+                        rows.append({"id": image_id, **{n: c[i] for n, c in cols.items()},
+                                     "software": software[i]})
         for rec in self._pending:
             if rec.key == key and rec.image_id not in seen:
                 seen.add(rec.image_id)
                 rows.append({"id": rec.image_id, "cm_clean": rec.cm_clean, "cm_adv": rec.cm_adv,
                              "conf_sum": rec.conf_sum, "ent_sum": rec.ent_sum,
                              "npix": rec.npix, "max_delta": rec.max_delta,
-                             "seconds": rec.seconds, "version": rec.version})
+                             "seconds": rec.seconds, "version": rec.version,
+                             "software": rec.software})
         return rows
 
     def summary(self, key, ids=None):
@@ -332,7 +345,9 @@ class ResultsStore:
 
         ids: restrict to these image ids (e.g. the first N of a dataset).
         Returns dict with n_images, miou, miou_clean, iou_ratio, pixel_accuracy,
-        confidence, entropy, max_delta, seconds; None when there is no record.
+        confidence, entropy, max_delta, seconds, and software (the distinct
+        versions behind the records, see :func:`software_sets`); None when
+        there is no record.
         """
         rows = self.records(key)
         if ids is not None:
@@ -353,6 +368,7 @@ class ResultsStore:
             "entropy": sum(float(r["ent_sum"]) for r in rows) / npix,
             "max_delta": max(float(r["max_delta"]) for r in rows),
             "seconds": sum(float(r["seconds"]) for r in rows),
+            "software": software_sets(rows),
         }
 
     # -- writing --------------------------------------------------------------
@@ -451,6 +467,7 @@ class ResultsStore:
             str_t = h5py.string_dtype()
             g.create_dataset("ids", (0,), maxshape=(None,), dtype=str_t)
             g.create_dataset("version", (0,), maxshape=(None,), dtype=str_t)
+            g.create_dataset("software", (0,), maxshape=(None,), dtype=str_t)
             for name in ("cm_clean", "cm_adv"):
                 g.create_dataset(name, (0, c, c), maxshape=(None, c, c), dtype=np.int64,
                                  chunks=(64, c, c), compression="gzip")
@@ -467,8 +484,11 @@ class ResultsStore:
         if not fresh:
             return
         n0, n = g["ids"].shape[0], len(fresh)
+        if "software" not in g:     # a group written before versions were recorded
+            g.create_dataset("software", (n0,), maxshape=(None,), dtype=h5py.string_dtype())
         columns = {
             "ids": [r.image_id for r in fresh], "version": [r.version for r in fresh],
+            "software": [_software_text(r.software) for r in fresh],
             "cm_clean": np.stack([r.cm_clean for r in fresh]).astype(np.int64),
             "cm_adv": np.stack([r.cm_adv for r in fresh]).astype(np.int64),
             "npix": np.array([r.npix for r in fresh], np.int64),
@@ -496,3 +516,32 @@ class ResultsStore:
 
 def _ids(group):
     return [x.decode() if isinstance(x, bytes) else x for x in group["ids"][()]]
+
+
+def _software_text(software):
+    return json.dumps(software, sort_keys=True) if software else ""
+
+
+def _software_column(group, n):
+    """The ``software`` of each of a group's n rows (None where it was not recorded)."""
+    if "software" not in group:
+        return [None] * n
+    texts = [x.decode() if isinstance(x, bytes) else x for x in group["software"][()]]
+    return [json.loads(t) if t else None for t in texts]
+
+
+def software_sets(rows):
+    """The distinct ``software`` values of records, each with its record count.
+
+    Returns
+    -------
+    list of {"software": dict or None, "n_records": int}
+        Most records first; None stands for records without versions.
+    """
+    counts = {}
+    for row in rows:
+        text = _software_text(row.get("software"))
+        counts[text] = counts.get(text, 0) + 1
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return [{"software": json.loads(text) if text else None, "n_records": n}
+            for text, n in ordered]

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from caffe_attacks.environment import CaffeUnavailable, import_caffe
 from caffe_attacks.metrics import confusion_matrix, mean_iou
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,6 @@ log = logging.getLogger(__name__)
 # The dataset the embedded default is trained and demonstrated on.
 SYNTHETIC_ARGS = dict(fmt="voc", n=400, seed=0)
 MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)   # VOC's, as FCN uses
-DEFAULT_OUT = os.path.join(os.path.dirname(__file__), "data", "tiny_synthetic.caffemodel")
 
 
 def ensure_synthetic(root, fmt="voc", n=400, seed=0):
@@ -34,10 +34,10 @@ def ensure_synthetic(root, fmt="voc", n=400, seed=0):
 
 
 def _train_net_param(input_hw, batch, num_classes):
-    from caffe.proto import caffe_pb2
-    from google.protobuf import text_format
-
     from caffe_attacks import zoo
+    from caffe_attacks.environment import import_caffe_pb2
+    caffe_pb2 = import_caffe_pb2()
+    from google.protobuf import text_format   # pycaffe's dependency: after pycaffe
     net = caffe_pb2.NetParameter()
     text_format.Merge(zoo.build("tiny_synthetic", input_hw), net)
     net.layer[0].input_param.shape[0].dim[0] = batch
@@ -59,14 +59,13 @@ def _train_net_param(input_hw, batch, num_classes):
 
 def train(data_root, out_path, iterations=300, batch=8, lr=2e-3, seed=0, progress=True):
     """Train and save; returns (md5, val mIoU)."""
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    import caffe
-    from caffe.proto import caffe_pb2
     from tqdm import tqdm
 
     from caffe_attacks.datasets import open_dataset
+    from caffe_attacks.environment import import_caffe_pb2
     from caffe_attacks.weights import md5_file
 
+    caffe, caffe_pb2 = import_caffe(), import_caffe_pb2()
     caffe.set_mode_cpu()
     caffe.set_random_seed(seed)
     train_set = open_dataset("synthetic", data_root, split="train")
@@ -138,12 +137,21 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m caffe_attacks.train_tiny", description=__doc__)
     p.add_argument("--data-dir", default="data/synthetic_voc",
                    help="synthetic dataset (written here if missing)")
-    p.add_argument("--out", default=DEFAULT_OUT)
+    p.add_argument("--out", default=None,
+                   help="caffemodel to write (default: the embedded model the manifest names)")
     p.add_argument("--iterations", type=int, default=300)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.out is None:
+        from caffe_attacks import weights
+        args.out = str(weights.weights_file(weights.model_entry("tiny_synthetic"), "."))
+    try:
+        import_caffe()   # before minutes of dataset writing
+    except CaffeUnavailable as err:
+        print("error: %s" % err, file=sys.stderr)
+        return 2
     ensure_synthetic(args.data_dir, **SYNTHETIC_ARGS)
     md5, miou = train(args.data_dir, args.out, args.iterations, args.batch, seed=args.seed)
     print("wrote %s\nmd5 %s\nclean val mIoU %.1f%%" % (args.out, md5, 100 * miou))

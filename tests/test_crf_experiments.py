@@ -10,6 +10,7 @@ pointed at the tiny nets, fill every point and cell their figure or table
 reads, resumably, with the white-box diagonal equal to the runner's numbers.
 """
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -305,7 +306,7 @@ def test_make_target_without_weights_or_data_names_them_once(tmp_path, what, nam
     proc = subprocess.run([sys.executable, "-m", "caffe_attacks.experiments", what, name,
                            "--results", str(tmp_path), "--weights-dir", str(tmp_path / "w"),
                            "--quiet"], capture_output=True, text=True, timeout=120,
-                          cwd=str(E.REPO_ROOT))
+                          cwd=str(Path(__file__).resolve().parents[1]))
     assert proc.returncode == 2, proc.stderr
     lines = [l for l in proc.stderr.splitlines() if l.startswith("missing")]
     assert "Missing(" not in proc.stderr

@@ -21,10 +21,11 @@ from caffe_attacks.weights import Status
 from caffe_attacks.weights.__main__ import main as cli
 from caffe_attacks.weights.checksum import hash_file, matches_truncated
 from caffe_attacks.preprocess import Protocol
-from caffe_attacks.weights.manifest import (REPO_ROOT, ManifestError, validate,
-                                            validate_input_block)
+from caffe_attacks.weights.manifest import ManifestError, validate, validate_input_block
 
 from tests.conftest import SUPPLEMENTARY as SEED  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DESIGN = REPO_ROOT / "docs" / "DESIGN.md"
 
 

@@ -14,7 +14,7 @@ Tables and figures are rendered by :mod:`caffe_attacks.report` from the store al
 """
 from caffe_attacks.experiments.definitions import (ADAPTED_KINDS, DATA_VARIABLE,
                                                    EXPERIMENTS_DIR, FIGURE_KINDS,
-                                                   FULL_SPLIT_SIZE, REPO_ROOT, TABLE_KINDS, Cell,
+                                                   FULL_SPLIT_SIZE, TABLE_KINDS, Cell,
                                                    ExperimentError, crf_variant_query,
                                                    expand_columns, list_ids, load, normalize,
                                                    normalize_id, sweep_points, table_cells,
@@ -26,7 +26,7 @@ from caffe_attacks.experiments.jobs import (EnsureReport, Job, Missing, check_jo
 from caffe_attacks.experiments.queries import config_matches, default_options, find_config
 
 __all__ = ["ADAPTED_KINDS", "DATA_VARIABLE", "EXPERIMENTS_DIR", "FIGURE_KINDS",
-           "FULL_SPLIT_SIZE", "REPO_ROOT", "TABLE_KINDS", "Cell", "ExperimentError",
+           "FULL_SPLIT_SIZE", "TABLE_KINDS", "Cell", "ExperimentError",
            "crf_variant_query", "expand_columns", "list_ids", "load", "normalize",
            "normalize_id", "sweep_points", "table_cells", "validate", "KIND_RUNNERS", "RUNNERS",
            "ensure", "runner_of", "default_examples_dir", "example_path", "EnsureReport", "Job",

@@ -15,12 +15,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from caffe_attacks import resources
 from caffe_attacks.attacks import PAPER_NAMES
 from caffe_attacks.errors import UsageError
 from caffe_attacks.runner.registry import names as attack_names
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-EXPERIMENTS_DIR = REPO_ROOT / "experiments"
+# experiments/ of the checkout, or the installed package's copy
+EXPERIMENTS_DIR = resources.experiments_dir()
 
 # Images in the full evaluation split: a table over fewer is marked partial.
 FULL_SPLIT_SIZE = {("voc", "val"): 1449, ("cityscapes", "val"): 500}

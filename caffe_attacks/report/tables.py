@@ -6,7 +6,9 @@ difference; ours comes from the store's records of the configuration that
 answers the cell's query (experiments.queries.find_config). Within a row, every cell
 of one model is summarised over the same images (those all its
 configurations have), so a clean column and an attacked one never mix image
-sets; a row over fewer images than the full split is marked partial.
+sets; a row over fewer images than the full split is marked partial. Below the
+table, the software that computed its records (the records' versions: numpy,
+torch, OpenCV, h5py, the Caffe build, the project and its git commit).
 """
 import csv
 import io
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from caffe_attacks import zoo
 from caffe_attacks.experiments.definitions import FULL_SPLIT_SIZE, expand_columns, table_cells
 from caffe_attacks.experiments.queries import find_config
+from caffe_attacks.store import software_sets
 from caffe_attacks.zoo.shapes import param_count
 
 METRICS = {
@@ -56,6 +59,7 @@ class Table:
     fmt: str = "%.1f"
     notes: list = field(default_factory=list)
     partial: bool = False
+    software: list = field(default_factory=list)   # store.software_sets of its records
 
     @property
     def has_paper(self):
@@ -89,7 +93,7 @@ def build(defn, store, limit=None, ids=None):
             continue
         keys[(cell.row, cell.col)] = find_config(store, cell.query) if store else None
 
-    notes, partial = [], bool(limit)
+    notes, partial, shown = [], bool(limit), {}    # shown: config key -> image ids used
     for r, label in enumerate(rows):
         groups = {}
         for cell in cells:
@@ -109,6 +113,7 @@ def build(defn, store, limit=None, ids=None):
                 s = store.summary(key, ids=sorted(common))
                 values[r][col].ours = value_of(s)
                 values[r][col].n_images = s["n_images"]
+                shown.setdefault(key, set()).update(common)
             full = defn.get("n_images") or FULL_SPLIT_SIZE.get((dataset, split))
             if full is None or len(common) < full:
                 if full is not None or limit:
@@ -120,8 +125,40 @@ def build(defn, store, limit=None, ids=None):
         if row.get("note"):
             notes.append("%s: %s" % (row["label"], row["note"]))
     title = defn.get("title") or defn["id"]
+    # each record once, though a clean column may appear in several rows
+    behind = [r for key, ids in shown.items() for r in store.records(key) if r["id"] in ids]
     return Table(defn["id"], title, defn.get("caption", ""), rows, cols, values, fmt,
-                 notes, partial)
+                 notes, partial, software_sets(behind))
+
+
+# record key -> how a table names it, in the order shown
+SOFTWARE_NAMES = (("caffe_attacks", "caffe_attacks"), ("numpy", "numpy"), ("scipy", "scipy"),
+                  ("torch", "torch"), ("opencv", "opencv"), ("h5py", "h5py"),
+                  ("protobuf", "protobuf"))
+
+
+def software_text(software):
+    """One line naming a record's software, e.g. ``caffe_attacks 0.1.0 (git 1a2b3c4d5e6f),
+    numpy 2.4.6, ..., Caffe brocolli-caffe==9.0.2 gpu=0 ...``."""
+    if software is None:
+        return "not recorded (records from before versions were stored)"
+    parts = []
+    for key, name in SOFTWARE_NAMES:
+        if software.get(key):
+            parts.append("%s %s" % (name, software[key]))
+            if key == "caffe_attacks" and software.get("git_commit"):
+                sha, _, dirty = software["git_commit"].partition("+")
+                parts[-1] += " (git %s%s)" % (sha[:12], "+" + dirty if dirty else "")
+    parts.append("Caffe %s" % software["caffe"] if software.get("caffe") else "no pycaffe")
+    return ", ".join(parts)
+
+
+def software_lines(table):
+    """``Software (N records): ...`` for each distinct software behind the table's records."""
+    return ["Software (%d record%s): %s" % (entry["n_records"],
+                                           "" if entry["n_records"] == 1 else "s",
+                                           software_text(entry["software"]))
+            for entry in table.software]
 
 
 def _build_params(defn):
@@ -200,6 +237,7 @@ def to_markdown(table):
         lines.append("**Partial**: evaluated on fewer images than the full split.")
     for n in table.notes:
         lines.append("- %s" % n)
+    lines += ["- %s" % line for line in software_lines(table)]
     return "\n".join(lines) + "\n"
 
 
@@ -241,6 +279,7 @@ def to_latex(table):
               r"\caption{%s%s %s}" % (_tex(table.title), " (partial)" if table.partial else "",
                                       _tex(_legend(table))),
               r"\end{table}"]
+    lines += ["%% %s" % line for line in software_lines(table)]
     return "\n".join(lines) + "\n"
 
 

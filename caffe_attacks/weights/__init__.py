@@ -18,12 +18,11 @@ from typing import Iterable, Optional, Union
 from caffe_attacks.weights.checksum import (Status, Verification, compare, file_problem,
                                             hash_file, matches_truncated, md5_file, verify_entry)
 from caffe_attacks.weights.fetch import FetchError, FetchResult, fetch_entry
-from caffe_attacks.weights.manifest import (MANIFEST_PATH, ManifestError, input_protocol,
-                                            load_manifest, model_entry, validate,
-                                            weights_file)
+from caffe_attacks.weights.manifest import (ManifestError, input_protocol, load_manifest,
+                                            model_entry, validate, weights_file)
 
 __all__ = ["Status", "Verification", "FetchError", "FetchResult", "ManifestError",
-           "MANIFEST_PATH", "load_manifest", "validate", "model_entry", "input_protocol",
+           "load_manifest", "validate", "model_entry", "input_protocol",
            "weights_file", "md5_file", "hash_file", "matches_truncated", "compare",
            "file_problem", "models_with_md5",
            "verify_file", "verify_dir", "fetch", "fetchable_names"]

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Optional, Sequence, Union
 
+from caffe_attacks import resources
 from caffe_attacks.weights.checksum import Status, compare, file_problem, md5_file, verify_entry
-from caffe_attacks.weights.manifest import REPO_ROOT, weights_file
+from caffe_attacks.weights.manifest import weights_file
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ def caffemodel_problem(entry: dict, path: Path) -> Optional[str]:
     """None if ``path`` decodes as a caffemodel filling ``entry``'s definition, else why not."""
     from caffe_attacks import definition_check
     from caffe_attacks.caffemodel_reader import read_caffemodel
-    prototxt = REPO_ROOT / entry["prototxt"]
+    prototxt = resources.project_path(entry["prototxt"])
     if not prototxt.is_file():
         return "its definition %s is missing, so the file cannot be checked" % prototxt
     try:

@@ -1,4 +1,4 @@
-"""The weights manifest (``weights_manifest.json`` at the repository root).
+"""The weights manifest (``weights_manifest.json``; :mod:`caffe_attacks.resources` finds it).
 
 One entry per zoo model, keyed by its zoo name: where the caffemodel comes
 from, its checksums, the paper's numbers for it, and its input protocol (the
@@ -13,11 +13,9 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Optional, Union
 
+from caffe_attacks import resources
 from caffe_attacks.datasets import DATASET_KINDS
 from caffe_attacks.preprocess import INPUT_KEYS, REQUIRED_INPUT_KEYS, Protocol
-
-MANIFEST_PATH = Path(__file__).resolve().parents[2] / "weights_manifest.json"
-REPO_ROOT = MANIFEST_PATH.parent
 
 ARCHIVE_FORMATS = ("zip", "tar")
 CLEAN_IOU_TABLES = ("A1", "A2", "A3", None)
@@ -207,14 +205,15 @@ def load_manifest(path: Optional[Union[str, Path]] = None) -> dict:
     Parameters
     ----------
     path : str or Path, optional
-        Defaults to ``weights_manifest.json`` at the repository root.
+        Defaults to the project's ``weights_manifest.json``
+        (:func:`caffe_attacks.resources.manifest_path`).
 
     Returns
     -------
     dict
         ``{"schema_version": 1, "models": {name: entry}, ...}``.
     """
-    path = Path(path) if path is not None else MANIFEST_PATH
+    path = Path(path) if path is not None else resources.manifest_path()
     with open(path, encoding="utf-8") as handle:
         try:
             manifest = json.load(handle)
@@ -242,9 +241,9 @@ def input_protocol(name: str, manifest: Optional[dict] = None) -> dict:
 def weights_file(entry: dict, weights_dir: Union[str, Path]) -> Path:
     """Where the caffemodel of ``entry`` is expected.
 
-    Embedded models (``weights_path``) resolve against the repository root;
-    all others are ``<weights_dir>/<caffemodel>``.
+    Embedded models (``weights_path``, repository-relative) are the package's
+    own files wherever it is installed; all others are ``<weights_dir>/<caffemodel>``.
     """
     if entry.get("weights_path"):
-        return REPO_ROOT / entry["weights_path"]
+        return resources.project_path(entry["weights_path"])
     return Path(weights_dir) / entry["caffemodel"]

@@ -24,9 +24,9 @@ Examples
 import importlib
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Tuple
 
+from caffe_attacks import resources
 from caffe_attacks.zoo.netspec_tools import net_text
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,6 @@ log = logging.getLogger(__name__)
 # Import order is listing order.
 FAMILIES = ("fcn", "dilated", "deeplab", "segnet", "crfrnn",
             "pspnet", "icnet", "enet", "tiny", "multiscale", "deeplab_crf")
-
-PROTOTXT_DIR = Path(__file__).resolve().parents[2] / "prototxt"
 
 
 @dataclass(frozen=True)
@@ -138,6 +136,6 @@ def build(name, input_hw=None, **options):
 
 
 def prototxt_path(name):
-    """Path of the committed definition ``prototxt/<name>.prototxt``."""
+    """Path of the committed definition ``prototxt/<name>.prototxt`` (checkout or install)."""
     get(name)
-    return PROTOTXT_DIR / ("%s.prototxt" % name)
+    return resources.prototxt_path(name)

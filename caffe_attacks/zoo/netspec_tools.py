@@ -18,6 +18,8 @@ The non-BVLC layers of the original forks are Python layers of
 import importlib
 import json
 
+from caffe_attacks.environment import import_caffe, import_caffe_pb2
+
 
 class _LazyCaffe:
     """``caffe.<attr>`` resolved on first attribute access."""
@@ -26,8 +28,7 @@ class _LazyCaffe:
         self._attr = attr
 
     def __getattr__(self, name):
-        caffe = importlib.import_module("caffe")
-        return getattr(getattr(caffe, self._attr), name)
+        return getattr(getattr(import_caffe(), self._attr), name)
 
 
 L = _LazyCaffe("layers")
@@ -36,18 +37,18 @@ P = _LazyCaffe("params")
 
 def net_spec():
     """A fresh ``caffe.NetSpec``."""
-    return importlib.import_module("caffe").NetSpec()
+    return import_caffe().NetSpec()
 
 
 def caffe_pb2():
     """pycaffe's ``caffe.proto.caffe_pb2`` (the NetParameter message classes)."""
-    return importlib.import_module("caffe.proto.caffe_pb2")
+    return import_caffe_pb2()
 
 
 def net_parameter(text):
     """A ``caffe_pb2.NetParameter`` from prototxt text (BVLC fields only)."""
+    net = caffe_pb2().NetParameter()   # first: protobuf comes with pycaffe
     text_format = importlib.import_module("google.protobuf.text_format")
-    net = caffe_pb2().NetParameter()
     text_format.Merge(text, net)
     return net
 
