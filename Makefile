@@ -34,6 +34,8 @@ venv:
 	@# The official Cityscapes label table, for a test; its declared dependencies
 	@# (a Python-2 typing backport among them) are not needed for labels.py.
 	@$(PY) -m pip install --quiet --no-deps cityscapesscripts==2.3.0
+	@# SegPGD/CosPGD reference weights for a test; it declares torch (see below).
+	@$(PY) -m pip install --quiet --no-deps cospgd==0.1.3
 	@$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@# The optional torch engine: only a CPU wheel that lies on local disk,
 	@# never a multi-GB CUDA download; without one its tests skip.
