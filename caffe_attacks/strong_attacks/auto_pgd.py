@@ -31,7 +31,7 @@ from caffe_attacks.attacks import project
 
 from . import losses
 from .common import (LABELS_GROUND_TRUTH, LABELS_PREDICTION, PassCounter, StrongResult,
-                     attack_labels, check_eps, pixel_accuracy, projection_name)
+                     attack_labels, check_eps, per_image_accuracy, projection_name)
 
 LOSSES = ("ce", "mce", "mce_bal", "js")
 TRACK = ("ce", "same")
@@ -121,7 +121,7 @@ def apgd_stage(counter, x, start, eps, iterations, objective, clip_to_image):
     scores = counter.forward(x_adv)
     tracked, dscores = objective.evaluate(scores)
     grad = _gradient(counter, x_adv, dscores, n_pixels)
-    acc_best = pixel_accuracy(scores, objective.labels)
+    acc_best = per_image_accuracy(scores, objective.labels)
     x_low = x_adv.copy()
     x_best, grad_best, loss_best = x_adv.copy(), grad.copy(), tracked.copy()
     history = [tracked]
@@ -138,7 +138,7 @@ def apgd_stage(counter, x, start, eps, iterations, objective, clip_to_image):
         tracked, dscores = objective.evaluate(scores)
         if i < iterations - 1:
             grad = _gradient(counter, x_adv, dscores, n_pixels)
-        acc = pixel_accuracy(scores, objective.labels)
+        acc = per_image_accuracy(scores, objective.labels)
         lower = acc <= acc_best
         x_low[lower] = x_adv[lower]
         acc_best = np.minimum(acc, acc_best)

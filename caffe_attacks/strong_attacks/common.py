@@ -72,7 +72,7 @@ def attack_labels(counter, x, labels):
     return np.asarray(labels), LABELS_GROUND_TRUTH
 
 
-def pixel_accuracy(scores, labels, ignore_label=IGNORE_LABEL):
+def per_image_accuracy(scores, labels, ignore_label=IGNORE_LABEL):
     """(N,) fraction of non-ignored pixels whose argmax equals the label (0 if none)."""
     labels = np.asarray(labels)
     valid = labels != ignore_label

@@ -26,7 +26,7 @@ from caffe_attacks.attacks import project
 
 from . import losses
 from .common import (LABELS_GROUND_TRUTH, LABELS_PREDICTION, PassCounter, StrongResult,
-                     as_generator, attack_labels, check_eps, pixel_accuracy, projection_name,
+                     as_generator, attack_labels, check_eps, per_image_accuracy, projection_name,
                      random_start)
 
 
@@ -82,7 +82,7 @@ def _pgd_family(model, x, eps, weights_of, *, steps, alpha, restarts, seed, labe
         if restarts == 1:
             best = x_adv
             break
-        acc = pixel_accuracy(counter.forward(x_adv), labels)
+        acc = per_image_accuracy(counter.forward(x_adv), labels)
         if best is None:
             best, best_acc = x_adv, acc
         else:
