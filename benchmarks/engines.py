@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from caffe_attacks import attacks, engine_check, zoo
+from caffe_attacks.caffe_geometry import layer_type, net_inputs, parse_prototxt
 from caffe_attacks.zoo import shapes
 
 CPU_MODELS = {   # name -> (H, W) input; full width
@@ -61,9 +62,9 @@ PEAK_TFLOPS = {
 
 def conv_flops(text, input_hw, batch=1):
     """Multiply-adds x 2 of every Convolution/Deconvolution forward at input_hw."""
-    net = shapes.parse_prototxt(text)
-    inputs = shapes.net_inputs(net)
-    input_layers = [l for l in net.get("layer", []) if shapes.layer_type(l) == "Input"]
+    net = parse_prototxt(text)
+    inputs = net_inputs(net)
+    input_layers = [l for l in net.get("layer", []) if layer_type(l) == "Input"]
     name = next(iter(inputs)) if inputs else input_layers[0]["top"][0]
     layers = shapes.infer(net, {name: (batch, 3) + tuple(input_hw)})
     blobs = {}

@@ -4,7 +4,7 @@ Every function takes a model with ``forward(x) -> scores`` and
 ``input_gradient(x, dscores) -> dx`` (docs/DESIGN.md), an input
 ``x: (N, 3, H, W) float32, BGR, mean-subtracted`` and one eps or a list of
 them, in 0..255 pixel units. Semantics follow the paper authors' code
-(docs/FIDELITY.md, ../shared/reference/ATTACKS.md §1):
+(anuragarnab/adversarial-attacks; docs/FIDELITY.md):
 
 - labels are the network's own clean prediction (no label leaking);
 - the loss is SoftmaxWithLoss with normalize: false, summed over the canvas;

@@ -1,4 +1,4 @@
-"""The one module that imports caffe: a deploy net as a differentiable model.
+"""The pycaffe engine: a deploy net as a differentiable model.
 
 ``CaffeNet`` implements the model protocol of docs/DESIGN.md:
 ``forward(x) -> scores`` and ``input_gradient(x, dscores) -> dx``.  The
@@ -20,11 +20,12 @@ import caffe  # noqa: E402
 from caffe.proto import caffe_pb2  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 
+from caffe_attacks.caffe_geometry import read_prototxt  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 def load_net_parameter(prototxt):
     """Parse a prototxt file (or text) into a caffe_pb2.NetParameter."""
-    from caffe_attacks.zoo.shapes import read_prototxt
     text = read_prototxt(prototxt)
     param = caffe_pb2.NetParameter()
     try:

@@ -1,6 +1,4 @@
-"""CRF variants and the CRF experiments (supplementary A5, Figures A9-A14).
-
-Two parts:
+"""CRF variants: a net's CRF layer with other settings (supplementary A5, Figures A9-A14).
 
 - **Overrides** (``python -m caffe_attacks.run --crf KEY=VALUE``): a net's
   ``MultiStageMeanfield`` layer with other settings than its definition's.
@@ -19,20 +17,17 @@ Two parts:
 
   A record made with overrides carries ``"crf": {overrides}`` in its
   configuration (plus ``"w2_mode"`` when ``w2`` is given), which is what
-  figures.py's ``_crf_base`` asks for.
-- **Experiments**: :func:`run_experiment`, the ``"runner"`` of the crf_sweep,
-  crf_confidence and crf_deeplab definitions: it runs, through the runner and
-  the transfer module, whatever the store lacks.
+  :func:`caffe_attacks.experiments.definitions.crf_variant_query` asks for.
+
+The CRF experiments themselves live in :mod:`caffe_attacks.experiments.crf`.
 """
 import json
-import logging
 import re
 
 import numpy as np
 
 from caffe_attacks.layers.meanfield import PARAM_KEYS, W2_MODES, parse_meanfield_params
-
-log = logging.getLogger(__name__)
+from caffe_attacks.zoo import shapes
 
 MEANFIELD_CLASS = "MultiStageMeanfield"
 KEYS = tuple(PARAM_KEYS) + ("w2",)
@@ -110,7 +105,6 @@ def _quote(text):
 
 def meanfield_layers(text):
     """[(layer name, parsed params)] of the MultiStageMeanfield layers of a definition."""
-    from caffe_attacks.zoo import shapes
     out = []
     for layer in shapes.parse_prototxt(text).get("layer", []):
         if shapes.layer_type(layer).endswith("." + MEANFIELD_CLASS):
@@ -214,115 +208,3 @@ def load_with_overrides(load, prototxt, overrides, w2_mode="scale_learned"):
     model = load(text)
     adjust_blobs(model, layers, overrides, w2_mode)
     return model
-
-
-# --------------------------------------------------------------------------
-# Experiments: Figures A9-A14
-# --------------------------------------------------------------------------
-def _crf_argv(crf):
-    """Runner options for a record's "crf" field (None: none)."""
-    if not crf:
-        return []
-    argv = []
-    for key, value in sorted(crf.items()):
-        if key != "w2_mode":
-            argv += ["--crf", "%s=%r" % (key, value)]
-    if "w2_mode" in crf:
-        argv += ["--crf-w2-mode", crf["w2_mode"]]
-    return argv
-
-
-def _sweep_variants(sweep):
-    """[(model, "crf" field or None)] of a crf_sweep definition's points."""
-    from caffe_attacks.figures import _crf_base, _sweep_points
-    return [(sweep["model"], _crf_base(sweep, overrides).get("crf"))
-            for _, overrides in _sweep_points(sweep)]
-
-
-def plan_runs(defn, experiments_dir=None):
-    """What a CRF definition needs, as runner jobs and transfers.
-
-    Returns
-    -------
-    runs : list of (model, crf field or None, attacks, eps): runner jobs, one
-        per net (a CRF variant is a net of its own)
-    transfers : list of (source, target, attacks, eps)
-    """
-    from caffe_attacks.experiments import EXPERIMENTS_DIR, ExperimentError, load
-    eps = [float(e) for e in defn["eps"] if e]
-    jobs = {}          # (model, crf key) -> [model, crf, attacks, eps]
-
-    def want(model, crf, attacks):
-        key = (model, json.dumps(crf, sort_keys=True))
-        job = jobs.setdefault(key, [model, crf, [], list(eps)])
-        job[2] += [a for a in attacks if a not in job[2]]
-
-    transfers = []
-    kind = defn["kind"]
-    if kind == "crf_sweep":
-        for model, crf in _sweep_variants(defn):
-            want(model, crf, [defn["attack"]])
-    elif kind == "crf_confidence":
-        for model in defn["models"]:
-            want(model, None, [defn["attack"]])
-        for sweep_id in defn.get("variants_from", ()):
-            try:
-                sweep = load(sweep_id, experiments_dir or EXPERIMENTS_DIR)
-            except ExperimentError as e:
-                log.warning("%s: %s", defn["id"], e)
-                continue
-            for model, crf in _sweep_variants(sweep):
-                want(model, crf, [defn["attack"]])
-    elif kind == "crf_deeplab":
-        for p in defn["panels"]:
-            if p["source"] == p["target"] or p.get("compare_white_box"):
-                want(p["target"], None, [p["attack"]])
-            if p["source"] != p["target"]:
-                transfers.append((p["source"], p["target"], [p["attack"]], eps))
-            if p.get("compare"):
-                want(p["compare"], None, [p["attack"]])
-    else:
-        raise ValueError("%s is not a CRF experiment (kind %r)" % (defn["id"], kind))
-    return [tuple(j) for j in jobs.values()], transfers
-
-
-def run_experiment(defn, context):
-    """experiments.ensure's runner for crf_sweep, crf_confidence and crf_deeplab.
-
-    Runs (resumably, into context["store_path"]) every CRF variant through the
-    runner (``--crf`` overrides) and every transfer (Figure A12 (b): crafted on
-    the unary net, evaluated on the +crf net) through caffe_attacks.transfer.
-    Returns an experiments.EnsureReport; missing weights or data are listed
-    there, nothing raises for them.
-    """
-    from caffe_attacks import experiments as E
-    from caffe_attacks import transfer
-    from caffe_attacks.run import UsageError
-    report = E.EnsureReport()
-    split = defn.get("split", "val")
-    runs, transfers = plan_runs(defn, context.get("experiments_dir"))
-    labels = sorted({m for m, _, _, _ in runs} | {n for s, t, _, _ in transfers for n in (s, t)})
-    report.missing = transfer.missing_inputs(labels, defn["dataset"], split, context)
-    if report.missing:
-        return report
-    for model, crf, attacks, eps in runs:
-        job = E.Job(model, defn["dataset"], split, attacks, eps)
-        what = job.describe() + (" with CRF %s" % json.dumps(crf, sort_keys=True) if crf else "")
-        try:
-            E.run_job(job, context["store_path"], context.get("data_dirs"),
-                      context.get("weights_dir", "weights"), context.get("limit"),
-                      context.get("progress", True), context.get("gpu"),
-                      extra_argv=_crf_argv(crf))
-            report.ran.append(what)
-        except UsageError as e:
-            report.failed.append((what, str(e)))
-    session = None
-    for source, target, attacks, eps in transfers:
-        what = transfer.describe_run(source, [target], attacks, eps)
-        try:
-            session = session or transfer.ExperimentSession(defn["dataset"], split, context)
-            session.run(source, [target], attacks, eps)
-            report.ran.append(what)
-        except UsageError as e:
-            report.failed.append((what, str(e)))
-    return report

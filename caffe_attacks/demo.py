@@ -8,14 +8,18 @@ figure (demo_curves.json) and a Figure A1-style perturbation figure
 (demo_perturbation.json) into results/demo/, and prints where they are.
 """
 import argparse
-import logging
 import os
 import sys
 import time
 
 from caffe_attacks import experiments as E
-
-log = logging.getLogger(__name__)
+from caffe_attacks import weights as W
+from caffe_attacks.cli import run_cli
+from caffe_attacks.errors import UsageError
+from caffe_attacks.report import figures, tables
+from caffe_attacks.runner import set_blas_threads
+from caffe_attacks.store import ResultsStore
+from caffe_attacks.train_tiny import MEAN_BGR, SYNTHETIC_ARGS, ensure_synthetic
 
 # Images of the synthetic validation split (100 in all) the demo attacks by
 # default: all four attacks over the paper's eight eps cost about 190 forward
@@ -31,11 +35,9 @@ def tiny_override(weights):
     """Use a caffemodel other than the embedded one (e.g. one trained by hand)."""
     if not weights:
         return None
-    from caffe_attacks.train_tiny import MEAN_BGR
     protocol = {"mean_bgr": list(MEAN_BGR), "resize": None, "pad": None,
                 "scores_to_labels": "crop"}
     try:
-        from caffe_attacks import weights as W
         protocol = W.input_protocol("tiny_synthetic")
     except KeyError:
         pass
@@ -48,10 +50,6 @@ def run_demo(data_dir=DATA_DIR, out_dir=OUT_DIR, limit=DEFAULT_LIMIT, weights=No
 
     eps: restrict the attacked eps (tests); None for the paper's list.
     """
-    from caffe_attacks import figures, tables
-    from caffe_attacks.store import ResultsStore
-    from caffe_attacks.train_tiny import SYNTHETIC_ARGS, ensure_synthetic
-
     ensure_synthetic(data_dir, **SYNTHETIC_ARGS)
     store_path = os.path.join(out_dir, "store.h5")
     examples_dir = os.path.join(out_dir, "examples")
@@ -97,36 +95,25 @@ def main(argv=None):
                    help="OpenBLAS threads for Caffe (default 1: fastest for the tiny net)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.limit < 0:
-        print("error: --limit must be >= 0", file=sys.stderr)
-        return 2
-    t0 = time.time()
-    try:
-        from caffe_attacks.run import set_blas_threads
+
+    def body():
+        if args.limit < 0:
+            raise UsageError("--limit must be >= 0")
+        t0 = time.time()
         set_blas_threads(args.blas_threads)
         paths, reports, table = run_demo(args.data_dir, args.out, args.limit or None,
                                          args.weights, progress=not args.quiet)
-    except KeyboardInterrupt:
-        print("\ninterrupted; finished images are saved: run `make demo` again to resume",
-              file=sys.stderr)
-        return 130
-    except Exception as e:
-        from caffe_attacks.run import UsageError
-        if not isinstance(e, (E.ExperimentError, UsageError)):
-            raise
-        print("error: %s" % e, file=sys.stderr)
-        return 2
-    problems = [m.message for r in reports for m in r.missing] + \
-        ["%s: %s" % f for r in reports for f in r.failed]
-    for msg in dict.fromkeys(problems):
-        print("error: %s" % msg, file=sys.stderr)
-    from caffe_attacks import tables
-    print(tables.to_markdown(table))
-    print("demo finished in %.0f s; outputs:" % (time.time() - t0))
-    for path in paths:
-        print("  %s" % path)
-    return 2 if problems else 0
+        problems = [m.message for r in reports for m in r.missing] + \
+            ["%s: %s" % f for r in reports for f in r.failed]
+        for msg in dict.fromkeys(problems):
+            print("error: %s" % msg, file=sys.stderr)
+        print(tables.to_markdown(table))
+        print("demo finished in %.0f s; outputs:" % (time.time() - t0))
+        for path in paths:
+            print("  %s" % path)
+        return 2 if problems else 0
+
+    return run_cli(body, resume_hint="finished images are saved: run `make demo` again to resume")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import re
 
 import numpy as np
 
-from caffe_attacks.zoo import shapes
+from caffe_attacks.caffe_geometry import parse_prototxt
 
 # Small zoo inputs that every family's geometry accepts (tests/test_zoo*.py use them),
 # and the width multipliers of the families whose generators take one.
@@ -67,7 +67,7 @@ def random_params(layers, rng):
 
     Parameters
     ----------
-    layers : iterable of (name, type, [blob shapes]); type as zoo.shapes.layer_type
+    layers : iterable of (name, type, [blob shapes]); type as caffe_geometry.layer_type
     rng : np.random.Generator
 
     Returns
@@ -146,7 +146,7 @@ def with_pool_masks(text):
     computed as before). Works on text as text_format writes it (name, type,
     bottom, top in that order), as every generated zoo definition is.
     """
-    for layer in shapes.parse_prototxt(text).get("layer", []):
+    for layer in parse_prototxt(text).get("layer", []):
         pool = (layer.get("pooling_param") or [{}])[-1]
         if (layer.get("type") != ["Pooling"] or len(layer.get("top", [])) != 1
                 or pool.get("pool", ["MAX"])[-1] not in ("MAX", 0)):

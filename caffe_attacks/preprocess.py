@@ -31,7 +31,10 @@ import numpy as np
 PAD_MODES = ("constant", "reflect101")
 SCORE_MODES = ("crop", "resize")
 ALIGNS = ("corners", "stride", "half_pixel")
-_KEYS = {"mean_bgr", "resize", "pad", "scores_to_labels", "score_align"}
+# the keys every manifest "input" block writes, and every key an "input" block
+# may have (score_align is optional: its default follows the pad)
+REQUIRED_INPUT_KEYS = ("mean_bgr", "resize", "pad", "scores_to_labels")
+INPUT_KEYS = REQUIRED_INPUT_KEYS + ("score_align",)
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,62 @@ def _round_half_up(value):
     return int(np.floor(value + 0.5))
 
 
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_count(value, minimum):
+    """An int (not a bool) >= minimum."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_hw(value):
+    return isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_count(v, 1) for v in value)
+
+
+def _parse_mean(mean):
+    if mean is None:
+        return None
+    if not (isinstance(mean, (list, tuple)) and len(mean) == 3 and all(map(_is_number, mean))):
+        raise ValueError(f"mean_bgr must be null or 3 numbers (B, G, R), got {mean!r}")
+    return tuple(float(v) for v in mean)
+
+
+def _parse_resize(resize):
+    if resize is None:
+        return {}
+    keys = set(resize) if isinstance(resize, dict) else None
+    if keys == {"size"} and _is_hw(resize["size"]):
+        w, h = resize["size"]
+        return dict(resize_size=(w, h))
+    if (keys in ({"long_side"}, {"long_side", "shrink_only"}) and _is_count(resize["long_side"], 1)
+            and isinstance(resize.get("shrink_only", False), bool)):
+        return dict(resize_long_side=resize["long_side"],
+                    shrink_only=resize.get("shrink_only", False))
+    raise ValueError('resize must be null, {"size": [W, H]} or '
+                     f'{{"long_side": n[, "shrink_only": bool]}}, got {resize!r}')
+
+
+def _parse_pad(pad):
+    if pad is None:
+        return {}
+    mode = pad.get("mode") if isinstance(pad, dict) else None
+    if mode not in PAD_MODES:
+        raise ValueError(f"pad must be null or an object with mode one of {PAD_MODES}, "
+                         f"got {pad!r}")
+    if mode == "constant":
+        if set(pad) != {"mode", "canvas"} or not _is_hw(pad["canvas"]):
+            raise ValueError(f'a constant pad is {{"mode": "constant", "canvas": [H, W]}}, '
+                             f"got {pad!r}")
+        return dict(pad_mode=mode, canvas=tuple(pad["canvas"]))
+    if (not {"mode", "margin"} <= set(pad) <= {"mode", "margin", "canvas"}
+            or not _is_count(pad["margin"], 0) or ("canvas" in pad and not _is_hw(pad["canvas"]))):
+        raise ValueError(f'a reflect101 pad is {{"mode": "reflect101", "margin": n'
+                         f'[, "canvas": [H, W]]}}, got {pad!r}')
+    canvas = tuple(pad["canvas"]) if "canvas" in pad else None
+    return dict(pad_mode=mode, margin=pad["margin"], canvas=canvas)
+
+
 @dataclass(frozen=True)
 class Protocol:
     """One model's input protocol; build it with `Protocol.from_dict`."""
@@ -125,46 +184,24 @@ class Protocol:
 
     @classmethod
     def from_dict(cls, d):
-        """Parse a manifest "input" block (see the module docstring); ValueError on bad data."""
-        unknown = set(d) - _KEYS
+        """Parse and validate an "input" block (see the module docstring).
+
+        The one schema of the block: the weights manifest validates its
+        blocks with this too.  Absent keys take their defaults.
+
+        Raises
+        ------
+        ValueError naming the offending key, on any block this class would
+        not write back unchanged in meaning (wrong keys, types or values).
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"an input protocol must be an object, got {d!r}")
+        unknown = set(d) - set(INPUT_KEYS)
         if unknown:
             raise ValueError(f"unknown input-protocol keys {sorted(unknown)}")
-        mean = d.get("mean_bgr")
-        if mean is not None:
-            if len(mean) != 3:
-                raise ValueError(f"mean_bgr needs 3 values (B, G, R), got {mean!r}")
-            mean = tuple(float(v) for v in mean)
-        kwargs = dict(mean_bgr=mean)
-        resize = d.get("resize")
-        if resize is not None:
-            keys = set(resize)
-            if keys == {"size"}:
-                w, h = resize["size"]
-                kwargs["resize_size"] = (int(w), int(h))
-            elif "long_side" in keys and keys <= {"long_side", "shrink_only"}:
-                kwargs["resize_long_side"] = int(resize["long_side"])
-                kwargs["shrink_only"] = bool(resize.get("shrink_only", False))
-            else:
-                raise ValueError(f"resize must be {{'size': [W, H]}} or {{'long_side': n}}, "
-                                 f"got {resize!r}")
-        pad = d.get("pad")
-        if pad is not None:
-            mode = pad.get("mode")
-            if mode not in PAD_MODES:
-                raise ValueError(f"pad mode must be one of {PAD_MODES}, got {mode!r}")
-            extra = set(pad) - {"mode", "canvas", "margin"}
-            if extra:
-                raise ValueError(f"unknown pad keys {sorted(extra)}")
-            kwargs["pad_mode"] = mode
-            if "canvas" in pad:
-                kwargs["canvas"] = tuple(int(v) for v in pad["canvas"])
-            if mode == "constant":
-                if "canvas" not in pad or "margin" in pad:
-                    raise ValueError("a constant pad needs a canvas [H, W] and no margin")
-            else:
-                if "margin" not in pad:
-                    raise ValueError("a reflect101 pad needs a margin")
-                kwargs["margin"] = int(pad["margin"])
+        kwargs = dict(mean_bgr=_parse_mean(d.get("mean_bgr")))
+        kwargs.update(_parse_resize(d.get("resize")))
+        kwargs.update(_parse_pad(d.get("pad")))
         mode = d.get("scores_to_labels", "crop")
         if mode not in SCORE_MODES:
             raise ValueError(f"scores_to_labels must be one of {SCORE_MODES}, got {mode!r}")
@@ -290,43 +327,6 @@ class Protocol:
         if ctx.resized_hw != ctx.image_hw:
             scores = resize_chw(scores, ctx.image_hw, "half_pixel")
         return np.array(scores, dtype=np.float32)
-
-    def label_to_score_grid(self, label, ctx, score_hw=None, void=255):
-        """Image label grid -> score grid (nearest), the forward twin of scores_to_label_grid.
-
-        Parameters
-        ----------
-        label : (H_image, W_image) uint8
-        score_hw : (h, w) of the net's scores; default ctx.output_hw
-        void : value for cells outside the image
-
-        Returns
-        -------
-        (h, w) uint8
-        """
-        label = np.asarray(label, dtype=np.uint8)
-        if ctx.resized_hw != ctx.image_hw:
-            label = cv2.resize(label, (ctx.resized_hw[1], ctx.resized_hw[0]),
-                               interpolation=cv2.INTER_NEAREST)
-        out_hw = ctx.output_hw
-        score_hw = tuple(out_hw if score_hw is None else score_hw)
-        grid = np.full(out_hw, void, dtype=np.uint8)
-        grid[:label.shape[0], :label.shape[1]] = label
-        if score_hw == tuple(out_hw):
-            return grid
-        # the output pixel each score cell sits on, under the same alignment as the inverse
-        rows, cols = (self._score_positions(n, big) for n, big in zip(score_hw, out_hw))
-        return grid[np.ix_(rows, cols)]
-
-    def _score_positions(self, n, big):
-        i = np.arange(n, dtype=np.float64)
-        if self.score_align == "corners":
-            pos = i * (big - 1) / (n - 1) if n > 1 else np.zeros(1)
-        elif self.score_align == "stride":
-            pos = i * big / n
-        else:
-            pos = (i + 0.5) * big / n - 0.5
-        return np.clip(np.floor(pos + 0.5), 0, big - 1).astype(np.int64)
 
     def input_to_image(self, x, ctx):
         """Network input -> (H_image, W_image, 3) float32 BGR image (mean added, canvas removed)."""

@@ -159,11 +159,6 @@ class ResultsStore:
         """{key: config} of every configuration with at least one record."""
         return dict(self._configs)
 
-    def find(self, **match):
-        """Keys of configurations whose top-level fields equal `match`."""
-        return [k for k, c in self._configs.items()
-                if all(c.get(f) == v for f, v in match.items())]
-
     def records(self, key):
         """All records of a configuration as a dict of row-aligned arrays."""
         rows = []

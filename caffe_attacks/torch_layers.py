@@ -1,7 +1,7 @@
 """Caffe's layer semantics in PyTorch, one builder per layer type.
 
 ``make_op(layer)`` turns one parsed prototxt layer (a dict from
-``zoo.shapes.parse_prototxt``) into a function ``op(bottoms, blobs) -> tops``
+``caffe_geometry.parse_prototxt``) into a function ``op(bottoms, blobs) -> tops``
 of torch tensors; autograd then gives the same backward pass Caffe computes.
 Where PyTorch's built-in differs from Caffe, the op says how it is made equal:
 
@@ -16,8 +16,9 @@ Where PyTorch's built-in differs from Caffe, the op says how it is made equal:
 * Eltwise MAX: Caffe routes the gradient to one bottom (the later of two
   equal ones for the first pair, the earlier afterwards); ``torch.maximum``
   would split it, so the op selects with ``torch.where`` in Caffe's order.
-* Python layers reuse the numpy modules' size rules (``layers.interp``,
-  ``layers.upsample``, ``layers.meanfield``), which do not need pycaffe.
+* Output sizes and windows come from ``caffe_geometry``, as in the zoo's
+  shape inference and the Python layers; the Python layers' numpy modules
+  (``layers.bn``, ``layers.meanfield``) import without pycaffe.
   ``MultiStageMeanfield`` runs the project's numpy/numba permutohedral
   lattice on the CPU inside a custom ``autograd.Function`` (tensors on a GPU
   are copied to the host and back).
@@ -32,55 +33,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from caffe_attacks.layers import bn, interp, meanfield, upsample
-from caffe_attacks.layers._params import parse_param_str
+from caffe_attacks.caffe_geometry import (INTERP_KEYS, UPSAMPLE_KEYS, check_interp_params,
+                                          conv_window, crop_offsets, crop_output_shape,
+                                          interp_output_size, last, parse_param_str,
+                                          pool_output_hw, pool_window, python_param_str,
+                                          upsample_output_size)
+from caffe_attacks.layers import bn, meanfield
 
 # Enum values as integers, for prototxts written by old tools.
 POOL_METHODS = {0: "MAX", 1: "AVE", 2: "STOCHASTIC"}
 ELTWISE_OPS = {0: "PROD", 1: "SUM", 2: "MAX"}
 
 
-def last(msg, key, default=None):
-    """The last value of a (repeated) prototxt field, as protobuf's text parser keeps."""
-    values = (msg or {}).get(key)
-    return values[-1] if values else default
-
-
-def _pair(param, stem, plain, default):
-    """(h, w) of kernel/stride/pad: ``<stem>_h/_w`` or the repeated plain field."""
-    if stem + "_h" in param or stem + "_w" in param:
-        return last(param, stem + "_h", default), last(param, stem + "_w", default)
-    values = param.get(plain, [])
-    if not values:
-        return default, default
-    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
-
-
-def conv_geometry(cp):
-    """Kernel, stride, pad and dilation (each (h, w)) of a convolution_param."""
-    kernel = _pair(cp, "kernel", "kernel_size", None)
-    stride = _pair(cp, "stride", "stride", 1)
-    pad = _pair(cp, "pad", "pad", 0)
-    dil = cp.get("dilation", [1])
-    dilation = (dil[0], dil[0]) if len(dil) == 1 else (dil[0], dil[1])
-    if None in kernel:
-        raise ValueError("convolution_param needs kernel_size or kernel_h and kernel_w")
-    return kernel, stride, pad, dilation
-
-
-def caffe_pool_extent(size, kernel, stride, pad):
-    """Caffe's pooled length: ceil, then drop a last window starting in the padding."""
-    out = int(math.ceil((size + 2 * pad - kernel) / stride)) + 1
-    if pad and (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
-
-
 # --------------------------------------------------------------------- BVLC
 
 def _convolution(layer, transposed):
     cp = last(layer, "convolution_param", {})
-    _, stride, pad, dilation = conv_geometry(cp)
+    _, stride, pad, dilation = conv_window(cp)
     group = last(cp, "group", 1)
 
     def op(bottoms, blobs):
@@ -101,25 +70,24 @@ def _pooling(layer, ntop):
     if ntop > 1 and method != "MAX":
         raise ValueError("only MAX pooling has a mask top")
     is_global = last(pp, "global_pooling", False)
-    kernel = _pair(pp, "kernel", "kernel_size", None)
-    stride = _pair(pp, "stride", "stride", 1)
-    pad = _pair(pp, "pad", "pad", 0)
+    fixed = None if is_global else pool_window(pp)
     name = last(layer, "name")
 
     def op(bottoms, blobs):
         x = bottoms[0]
-        k, s, p = (tuple(x.shape[2:]), (1, 1), (0, 0)) if is_global else (kernel, stride, pad)
+        window = pool_window(pp, tuple(x.shape[2:])) if is_global else fixed
+        k, s, p = window.kernel, window.stride, window.pad
         if any(pi > ki // 2 for pi, ki in zip(p, k)):
             raise NotImplementedError("layer %r: pad %s over half the kernel %s" % (name, p, k))
-        expected = tuple(caffe_pool_extent(n, ki, si, pi)
-                         for n, ki, si, pi in zip(x.shape[2:], k, s, p))
+        expected = pool_output_hw(tuple(x.shape[2:]), window)
         if method == "MAX":
             outs = F.max_pool2d(x, k, s, p, ceil_mode=True, return_indices=ntop > 1)
             outs = list(outs) if ntop > 1 else [outs]
         else:
             outs = [F.avg_pool2d(x, k, s, p, ceil_mode=True, count_include_pad=True)]
         if tuple(outs[0].shape[2:]) != expected:
-            # a window starting past an unpadded input: Caffe keeps it, torch does not
+            # a last window starting past the input: Caffe drops it only when the layer
+            # pads, torch always
             raise NotImplementedError("layer %r: Caffe pools to %s, torch to %s"
                                       % (name, expected, tuple(outs[0].shape[2:])))
         return outs
@@ -160,16 +128,13 @@ def _eltwise(layer):
 
 def _crop(layer):
     cp = last(layer, "crop_param", {})
-    axis = last(cp, "axis", 2)
-    offsets = cp.get("offset", [0])
 
     def op(bottoms, blobs):
         x, like = bottoms
-        ax = axis % x.dim()
-        index = [slice(None)] * x.dim()
-        for i, d in enumerate(range(ax, x.dim())):
-            off = offsets[0] if len(offsets) == 1 else offsets[i]
-            index[d] = slice(off, off + like.shape[d])
+        crop_output_shape(tuple(x.shape), tuple(like.shape), cp)   # raises where Caffe CHECK-fails
+        axis, offsets = crop_offsets(cp, x.dim())
+        index = [slice(None)] * axis
+        index += [slice(off, off + like.shape[d]) for d, off in zip(range(axis, x.dim()), offsets)]
         return [x[tuple(index)]]
     return op
 
@@ -231,19 +196,15 @@ def _softmax(layer):
 
 # ------------------------------------------------------------ Python layers
 
-def _python_params(layer):
-    return last(last(layer, "python_param", {}), "param_str", "") or ""
-
-
 def _interp(layer):
-    params = parse_param_str(_python_params(layer), interp.PARAM_KEYS, "Interp")
-    interp.check_interp_params(params)
+    params = parse_param_str(python_param_str(layer), INTERP_KEYS, "Interp")
+    check_interp_params(params)
     pad_beg, pad_end = params.get("pad_beg", 0), params.get("pad_end", 0)
 
     def op(bottoms, blobs):
         x = bottoms[0]
         h, w = x.shape[-2:]
-        h_eff, w_eff, h_out, w_out = interp.interp_output_size(h, w, params)
+        h_eff, w_eff, h_out, w_out = interp_output_size(h, w, params)
         x = x[..., -pad_beg:h + pad_end, -pad_beg:w + pad_end]
         if (h_eff, w_eff) == (h_out, w_out):
             return [x]
@@ -258,7 +219,7 @@ def _channel_view(v, x):
 
 
 def _psp_bn(layer):
-    eps = parse_param_str(_python_params(layer), {"eps": float}, "PSPBN").get("eps", bn.PSP_BN_EPS)
+    eps = parse_param_str(python_param_str(layer), {"eps": float}, "PSPBN").get("eps", bn.PSP_BN_EPS)
 
     def op(bottoms, blobs):
         x = bottoms[0]
@@ -268,7 +229,7 @@ def _psp_bn(layer):
 
 
 def _scale_shift_bn(layer):
-    parse_param_str(_python_params(layer), {}, "ScaleShiftBN")
+    parse_param_str(python_param_str(layer), {}, "ScaleShiftBN")
 
     def op(bottoms, blobs):
         x = bottoms[0]
@@ -277,7 +238,7 @@ def _scale_shift_bn(layer):
 
 
 def unpool(x, mask, out_h, out_w):
-    """Max-unpooling with upsample.unpool_forward's rule: the last writer wins.
+    """Max-unpooling with layers.upsample.unpool_forward's rule: the last writer wins.
 
     x : (N, C, h, w) tensor; mask : (N, C, h, w) flat indices into (out_h, out_w)
     """
@@ -294,15 +255,15 @@ def unpool(x, mask, out_h, out_w):
 
 
 def _upsample(layer):
-    params = parse_param_str(_python_params(layer), upsample.PARAM_KEYS, "Upsample")
-    upsample.upsample_output_size(2, 2, params)   # fail early on bad keys
+    params = parse_param_str(python_param_str(layer), UPSAMPLE_KEYS, "Upsample")
+    upsample_output_size(2, 2, params)   # fail early on bad keys
 
     def op(bottoms, blobs):
         x, mask = bottoms
         if x.shape != mask.shape:
             raise ValueError("Upsample data %s and mask %s shapes differ"
                              % (tuple(x.shape), tuple(mask.shape)))
-        out_h, out_w = upsample.upsample_output_size(x.shape[2], x.shape[3], params)
+        out_h, out_w = upsample_output_size(x.shape[2], x.shape[3], params)
         if mask.numel() and (int(mask.min()) < 0 or int(mask.max()) >= out_h * out_w):
             raise ValueError("Upsample mask index out of range [0, %d)" % (out_h * out_w))
         return [unpool(x, mask.detach(), out_h, out_w)]
@@ -336,7 +297,7 @@ class _Meanfield(torch.autograd.Function):
 
 
 def _meanfield(layer):
-    params = meanfield.parse_meanfield_params(_python_params(layer))
+    params = meanfield.parse_meanfield_params(python_param_str(layer))
     inference = meanfield.MeanfieldInference(params)
 
     def op(bottoms, blobs):
@@ -382,7 +343,7 @@ def make_op(layer, ltype):
     Parameters
     ----------
     layer : dict, a parsed ``layer { ... }`` message
-    ltype : str, its type as ``zoo.shapes.layer_type`` gives it
+    ltype : str, its type as ``caffe_geometry.layer_type`` gives it
         ("Convolution", "Python:caffe_attacks.layers.interp.Interp", ...)
 
     Returns
@@ -460,7 +421,7 @@ def initial_blobs(layer, ltype, param_shapes, rng):
     elif ltype == "Python:caffe_attacks.layers.bn.ScaleShiftBN":
         fillers = [constant(v) for v in (1.0, 0.0)]
     elif ltype == "Python:caffe_attacks.layers.meanfield.MultiStageMeanfield":
-        params = meanfield.parse_meanfield_params(_python_params(layer))
+        params = meanfield.parse_meanfield_params(python_param_str(layer))
         channels = param_shapes[0][-1]
         return [b.reshape(s) for b, s in zip(meanfield.initial_blobs(channels, params),
                                                param_shapes)]

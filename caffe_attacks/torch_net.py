@@ -5,7 +5,7 @@
 dscores) -> dx``, ``num_classes``, ``input_blob``, ``score_blob``), so the
 attacks run unchanged on either engine (``--engine torch --device cuda``).
 Nothing here imports caffe: the definition is read by the project's own
-text-format parser (``zoo.shapes``), the weights by its own protobuf reader
+text-format parser (``caffe_geometry``), the weights by its own protobuf reader
 (``caffemodel_reader``), and every layer type of the zoo is written in
 PyTorch in ``torch_layers``.  docs/FIDELITY.md ("Torch engine") lists the
 measured agreement with pycaffe per zoo model.
@@ -36,21 +36,13 @@ import torch
 from caffe_attacks.caffemodel_reader import (WeightShapeError, batchnorm_shares,
                                              load_caffemodel_into, restore_batchnorm_sharing,
                                              shapes_compatible)
-from caffe_attacks.torch_layers import initial_blobs, last, make_op
+from caffe_attacks.caffe_geometry import last, net_inputs, read_net_definition
+from caffe_attacks.torch_layers import initial_blobs, make_op
 from caffe_attacks.zoo import shapes
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
-
-
-def read_definition(prototxt):
-    """Parse a prototxt file path (or prototxt text) into nested dicts."""
-    text = shapes.read_prototxt(prototxt)
-    try:
-        return shapes.parse_prototxt(text)
-    except (ValueError, IndexError) as err:
-        raise ValueError("cannot parse net definition %.80s: %s" % (prototxt, err)) from None
 
 
 @dataclass
@@ -69,7 +61,7 @@ class CaffeGraph(torch.nn.Module):
 
     Parameters
     ----------
-    net : dict, from ``zoo.shapes.parse_prototxt``
+    net : dict, from ``caffe_geometry.parse_prototxt``
     seed : int, for the random fillers of blobs no caffemodel fills
 
     Attributes
@@ -88,7 +80,7 @@ class CaffeGraph(torch.nn.Module):
                 raise NotImplementedError("layer %r: phase include/exclude rules are not "
                                           "supported in a deploy net" % last(layer, "name"))
         inferred = shapes.infer(net)
-        self.input_shapes = dict(shapes.net_inputs(net))
+        self.input_shapes = dict(net_inputs(net))
         self.blobs = torch.nn.ParameterList()
         self.param_layers = {}
         self.layers = []
@@ -251,7 +243,7 @@ class TorchNet:
         self.precision = precision
         self.channels_last = bool(channels_last)
         self.tf32 = bool(tf32)
-        self.graph = CaffeGraph(read_definition(prototxt), seed=seed)
+        self.graph = CaffeGraph(read_net_definition(prototxt), seed=seed)
         self.input_blob = input_blob or next(iter(self.graph.input_shapes))
         self.score_blob = score_blob or self.graph.outputs[0]
         for blob in (self.input_blob, self.score_blob):

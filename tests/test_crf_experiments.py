@@ -17,6 +17,8 @@ import pytest
 from caffe_attacks import crf
 from caffe_attacks import experiments as E
 from caffe_attacks import run as runner
+from caffe_attacks.experiments.__main__ import main as experiments_main
+from caffe_attacks.runner import RunOptions, resolve_model
 from caffe_attacks import zoo
 from caffe_attacks.layers.meanfield import DEFAULTS, W2_MODES, crf_variant, deeplab_crf_layer
 from caffe_attacks.store import ResultsStore
@@ -133,10 +135,8 @@ def test_crf_override_changes_the_net_exactly_and_is_recorded(data_dir, tmp_path
     assert all(p != v for p, v in sums), "the override changed nothing"
 
     # the overridden net is the numpy mean-field with those settings on the tiny logits
-    args = runner.build_parser().parse_args(
-        ["--model", "tiny_synthetic+crf", "--crf", "theta_alpha=1", "--crf", "w2=10",
-         "--dataset", "synthetic", "--data-dir", str(data_dir), "--quiet"])
-    rm = runner.resolve_model(args)
+    rm = resolve_model(RunOptions(model="tiny_synthetic+crf", crf=["theta_alpha=1", "w2=10"],
+                                  dataset="synthetic", data_dir=str(data_dir), quiet=True))
     assert rm.crf == {"theta_alpha": 1.0, "w2": 10.0, "w2_mode": "scale_learned"}
     x = np.random.default_rng(0).normal(0, 40, (1, 3, 32, 48)).astype(np.float32)
     weights = rm.weights_path
@@ -168,7 +168,7 @@ def _write(directory, defn):
 
 
 def _main(what, names, directory, results, data_dir):
-    return E.main([what, *names, "--experiments", str(directory), "--results", str(results),
+    return experiments_main([what, *names, "--experiments", str(directory), "--results", str(results),
                    "--synthetic-dir", str(data_dir), "--limit", "2", "--quiet"])
 
 
@@ -197,7 +197,7 @@ DEEPLAB = {"id": "fig_T12", "kind": "crf_deeplab", "dataset": "synthetic", "spli
 
 @requires_caffe
 def test_crf_figures_are_filled_and_resumable(data_dir, tmp_path):
-    from caffe_attacks import figures
+    from caffe_attacks.report import figures
     for d in (SWEEP, CONFIDENCE, DEEPLAB):
         _write(tmp_path, d)
     results = tmp_path / "results"
@@ -206,8 +206,8 @@ def test_crf_figures_are_filled_and_resumable(data_dir, tmp_path):
     with ResultsStore(store_path, readonly=True) as store:
         # every sweep point: the baseline is the model itself, the others its variants
         curves = {}
-        for label, overrides in figures._sweep_points(SWEEP):
-            base = figures._crf_base(SWEEP, overrides)
+        for label, overrides in E.sweep_points(SWEEP):
+            base = E.crf_variant_query(SWEEP, overrides)
             assert ("crf" in base) == (overrides != {"theta_gamma": 1, "w2": 3})
             ratios, n = figures.ratio_curve(store, base, "fgsm", EPS)
             assert n == 2 and np.isfinite(ratios).all(), label
@@ -217,14 +217,14 @@ def test_crf_figures_are_filled_and_resumable(data_dir, tmp_path):
         # Figure A13/A14: every model and variant at every eps
         for base in [{"model": m, "dataset": "synthetic", "split": "val"}
                      for m in CONFIDENCE["models"]] + [
-                figures._crf_base(SWEEP, o) for _, o in figures._sweep_points(SWEEP)]:
+                E.crf_variant_query(SWEEP, o) for _, o in E.sweep_points(SWEEP)]:
             for e in CONFIDENCE["eps"]:
                 q = dict(base, attack="fgsm" if e else "clean", eps=float(e))
                 assert figures.summary_at(store, q) is not None, q
         # Figure A12: every line of every panel, the transfer with its source
         for p in DEEPLAB["panels"]:
             base = {"model": p["target"], "dataset": "synthetic", "split": "val"}
-            query = dict(base, **figures._source_field(p["source"], p["target"]))
+            query = dict(base, **figures.transfer_query_fields(p["source"], p["target"]))
             ratios, n = figures.ratio_curve(store, query, p["attack"], EPS, clean_query=base)
             assert n == 2 and np.isfinite(ratios).all(), p
             if p.get("compare"):
@@ -257,7 +257,7 @@ CURVES = {"id": "fig_T7", "kind": "transfer_curves", "caption": "tiny curves",
 
 @requires_caffe
 def test_transfer_tables_are_filled_with_the_runners_white_box_diagonal(data_dir, tmp_path):
-    from caffe_attacks import figures, tables
+    from caffe_attacks.report import figures, tables
     for d in (MATRIX, CLEAN, CURVES):
         _write(tmp_path, d)
     results = tmp_path / "results"

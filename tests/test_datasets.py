@@ -66,7 +66,7 @@ def test_palette_png_decodes_to_indices_including_void(tmp_path):
 
 
 def test_cityscapes_train_ids_match_the_zoo_table():
-    # ZOO.md section 2 (from cityscapesScripts): trainId k <- labelId
+    # cityscapesScripts helpers/labels.py: trainId k <- labelId
     expected = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
     for train_id, label_id in enumerate(expected):
         assert LABEL_ID_TO_TRAIN_ID[label_id] == train_id

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from caffe_attacks import zoo
+from caffe_attacks.caffe_geometry import parse_prototxt
 from caffe_attacks.layers.meanfield import MeanfieldInference, deeplab_crf_layer
 from caffe_attacks.zoo import shapes
 from caffe_attacks.zoo.deeplab_crf import BASES
@@ -22,7 +23,7 @@ NAMES = sorted(BASES)
 
 
 def _layers(name):
-    return shapes.parse_prototxt(zoo.prototxt_path(name).read_text())["layer"]
+    return parse_prototxt(zoo.prototxt_path(name).read_text())["layer"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -40,7 +41,7 @@ def test_definition_is_the_base_then_split_and_densecrf(name):
     assert "MultiStageMeanfield" in zoo.get(name).custom_layers
     assert crf["name"] != ["inference1"]   # CRF-RNN's blobs must never load here
     # the unary is at the data blob's size, as the layer needs
-    inferred = {l.name: l for l in shapes.infer(shapes.parse_prototxt(
+    inferred = {l.name: l for l in shapes.infer(parse_prototxt(
         zoo.prototxt_path(name).read_text()))}
     spec = zoo.get(name)
     assert inferred["splitting"].top_shapes[0] == (1, spec.num_classes) + spec.reference_input

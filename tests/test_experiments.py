@@ -4,6 +4,7 @@ import json
 import pytest
 
 from caffe_attacks import experiments as E
+from caffe_attacks.experiments.__main__ import main as experiments_main
 
 TABLES = ["table_A%d" % i for i in range(1, 13)]
 
@@ -127,7 +128,7 @@ def test_missing_inputs_name_the_file_and_the_command(tmp_path):
 
 
 def test_cli_without_data_renders_paper_only_and_exits_2(tmp_path, capsys):
-    rc = E.main(["table", "A9", "--results", str(tmp_path), "--quiet", "--weights-dir",
+    rc = experiments_main(["table", "A9", "--results", str(tmp_path), "--quiet", "--weights-dir",
                  str(tmp_path / "w")])
     out, err = capsys.readouterr()
     assert rc == 2
@@ -138,7 +139,7 @@ def test_cli_without_data_renders_paper_only_and_exits_2(tmp_path, capsys):
 
 
 def test_cli_rejects_unknown_ids_without_traceback(tmp_path, capsys):
-    assert E.main(["table", "A99", "--results", str(tmp_path)]) == 2
+    assert experiments_main(["table", "A99", "--results", str(tmp_path)]) == 2
     assert "no experiment definition" in capsys.readouterr().err
 
 

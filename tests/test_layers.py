@@ -3,12 +3,11 @@ independent references, backward as the exact adjoint of forward."""
 import numpy as np
 import pytest
 
-from caffe_attacks.layers._params import parse_param_str
+from caffe_attacks.caffe_geometry import interp_output_size, parse_param_str, upsample_output_size
 from caffe_attacks.layers.bn import (psp_bn_backward, psp_bn_forward, scale_shift_backward,
                                      scale_shift_forward)
-from caffe_attacks.layers.interp import (axis_weights, interp_backward, interp_forward,
-                                         interp_output_size)
-from caffe_attacks.layers.upsample import unpool_backward, unpool_forward, upsample_output_size
+from caffe_attacks.layers.interp import axis_weights, interp_backward, interp_forward
+from caffe_attacks.layers.upsample import unpool_backward, unpool_forward
 from tests.gradcheck import assert_gradient_close, numeric_gradient
 
 RNG = np.random.default_rng(8)

@@ -2,7 +2,7 @@
 
 Tiers: pure Python (naming, Interp factors, member addressing, and the full
 size DeepLab v2 ResNet-101 MSC definition checked by shape inference against
-the single-scale net and ZOO.md 3.8); Caffe, on small nets with random
+the single-scale net and the published DeepLab v2 facts); Caffe, on small nets with random
 weights (scores against a numpy reference built from separately run
 single-scale nets, finite-difference input gradients, MAX routing, weight
 sharing through a caffemodel).
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from caffe_attacks import zoo
+from caffe_attacks.caffe_geometry import interp_output_size, parse_prototxt
 from caffe_attacks.preprocess import resize_chw
 from caffe_attacks.zoo import multiscale as M
 from caffe_attacks.zoo import shapes
@@ -48,7 +49,7 @@ def test_bad_scales_are_refused(bad):
 def test_score_resize_params_land_on_the_grid(src, dst, expected):
     params = M._resize_params(src, dst)
     assert params == expected
-    assert shapes.interp_shape((1, 21) + src, params)[2:] == dst
+    assert interp_output_size(*src, params)[2:] == dst
 
 
 def test_member_addressing():
@@ -71,11 +72,11 @@ def test_registry_has_the_msc_model():
 
 def _layers(name):
     text = zoo.prototxt_path(name).read_text()
-    return text, shapes.infer(shapes.parse_prototxt(text))
+    return text, shapes.infer(parse_prototxt(text))
 
 
 def test_full_size_msc_conforms_to_the_single_scale_net_and_zoo_md():
-    """Layer names, parameter shapes and sharing, resize sizes and fusion (ZOO.md 3.8)."""
+    """Layer names, parameter shapes and sharing, resize sizes and fusion (DeepLab v2 MSC)."""
     text, msc = _layers(MSC)
     _, single = _layers(SINGLE)
     by_name = {l.name: l for l in msc}
@@ -99,13 +100,14 @@ def test_full_size_msc_conforms_to_the_single_scale_net_and_zoo_md():
     assert "MAX" in text.split('name: "fc_fusion"', 1)[1].split("layer {", 1)[0]
     assert msc[-1].name == "fc1_interp" and msc[-1].bottoms == ["fc_fusion"]
     assert msc[-1].top_shapes == [(1, 21, 513, 513)]
-    # one copy of the weights: ZOO.md's 44,153,980 = 168.43 MiB (Table A4: 168.4)
+    # one copy of the weights: 44,153,980 = 168.43 MiB, the count of DrSleep's
+    # single-scale deploy computed independently (Table A4: 168.4)
     assert M.shared_param_count(text) == 44153980
     assert shapes.param_count(text) == 3 * 44153980
 
 
 def test_every_copy_names_its_params_after_the_owner():
-    net = shapes.parse_prototxt(zoo.prototxt_path(MSC).read_text())
+    net = parse_prototxt(zoo.prototxt_path(MSC).read_text())
     names = {}
     for layer in net["layer"]:
         names[layer["name"][0]] = [p.get("name", [None])[0] for p in layer.get("param", [])]
@@ -149,8 +151,8 @@ def _single_scale_reference(model, x, scales, fusion):
     """Fused scores from separately built single-scale tiny nets and numpy resizing."""
     per_scale = []
     for scale in scales:
-        hw = x.shape[2:] if scale == 1.0 else shapes.interp_shape(
-            x.shape, M.scale_factors(scale))[2:]
+        hw = x.shape[2:] if scale == 1.0 else interp_output_size(
+            *x.shape[2:], M.scale_factors(scale))[2:]
         single = _net(zoo.build("tiny_synthetic", input_hw=hw), "score")
         for name, blobs in single.net.params.items():   # same weights as the MSC owner copy
             for k, blob in enumerate(blobs):

@@ -13,7 +13,8 @@ DILATION_VOC_MEAN = [102.93, 111.36, 116.52]
 DILATION_CS_MEAN = [72.39, 82.91, 73.16]
 PSP_MEAN = [103.939, 116.779, 123.68]
 
-# The paper's protocols (ATTACKS.md section 2, ZOO.md section 3), keyed by model.
+# The paper's protocols (the authors' and the model repositories' evaluation
+# scripts, as docs/FIDELITY.md records them), keyed by model.
 PROTOCOLS = {
     "fcn8s_voc": {"mean_bgr": VOC_MEAN, "resize": None,
                   "pad": {"mode": "constant", "canvas": [513, 513]}, "scores_to_labels": "crop"},
@@ -61,6 +62,41 @@ def _onehot(label, num_classes):
     return (np.arange(num_classes)[:, None, None] == label[None]).astype(np.float32)
 
 
+def label_to_score_grid(protocol, label, ctx, score_hw=None, void=255):
+    """Image label grid -> score grid (nearest), the forward twin of
+    scores_to_label_grid (a test reference: the toolkit always evaluates on
+    the image's own label grid).
+
+    label : (H_image, W_image) uint8; score_hw : (h, w), default ctx.output_hw.
+    Returns (h, w) uint8, ``void`` for cells outside the image.
+    """
+    label = np.asarray(label, dtype=np.uint8)
+    if ctx.resized_hw != ctx.image_hw:
+        label = cv2.resize(label, (ctx.resized_hw[1], ctx.resized_hw[0]),
+                           interpolation=cv2.INTER_NEAREST)
+    out_hw = ctx.output_hw
+    score_hw = tuple(out_hw if score_hw is None else score_hw)
+    grid = np.full(out_hw, void, dtype=np.uint8)
+    grid[:label.shape[0], :label.shape[1]] = label
+    if score_hw == tuple(out_hw):
+        return grid
+    # the output pixel each score cell sits on, under the protocol's alignment
+    rows, cols = (_score_positions(protocol.score_align, n, big)
+                  for n, big in zip(score_hw, out_hw))
+    return grid[np.ix_(rows, cols)]
+
+
+def _score_positions(align, n, big):
+    i = np.arange(n, dtype=np.float64)
+    if align == "corners":
+        pos = i * (big - 1) / (n - 1) if n > 1 else np.zeros(1)
+    elif align == "stride":
+        pos = i * big / n
+    else:
+        pos = (i + 0.5) * big / n - 0.5
+    return np.clip(np.floor(pos + 0.5), 0, big - 1).astype(np.int64)
+
+
 def _score_hw(protocol, ctx, score_hw):
     return ctx.output_hw if score_hw is None else score_hw
 
@@ -76,7 +112,7 @@ def test_label_grid_round_trip_is_identity(name, image_hw, score_hw):
     if score_hw is None:
         # scores on the output region: any label survives label -> scores -> label
         label = rng.integers(0, num_classes, size=image_hw).astype(np.uint8)
-        scores = _onehot(protocol.label_to_score_grid(label, ctx), num_classes)
+        scores = _onehot(label_to_score_grid(protocol, label, ctx), num_classes)
         back = protocol.scores_to_label_grid(scores[None], ctx).argmax(0)
         np.testing.assert_array_equal(back, label)
     else:
@@ -85,7 +121,7 @@ def test_label_grid_round_trip_is_identity(name, image_hw, score_hw):
         coarse = rng.integers(0, num_classes, size=grid_hw).astype(np.uint8)
         label = protocol.scores_to_label_grid(_onehot(coarse, num_classes), ctx).argmax(0)
         assert label.shape == image_hw
-        again = protocol.label_to_score_grid(label.astype(np.uint8), ctx, grid_hw)
+        again = label_to_score_grid(protocol, label.astype(np.uint8), ctx, grid_hw)
         inside = again != 255
         assert inside.sum() >= 0.9 * (image_hw[0] * image_hw[1]) / (
             ctx.output_hw[0] * ctx.output_hw[1]) * grid_hw[0] * grid_hw[1]
@@ -94,16 +130,6 @@ def test_label_grid_round_trip_is_identity(name, image_hw, score_hw):
         again = np.where(inside, again, coarse)
         back = protocol.scores_to_label_grid(_onehot(again, num_classes), ctx).argmax(0)
         np.testing.assert_array_equal(back, label)
-
-
-@pytest.mark.parametrize("name", sorted(PROTOCOLS))
-def test_label_to_score_grid_never_invents_a_class(name):
-    protocol = Protocol.from_dict(PROTOCOLS[name])
-    rng = np.random.default_rng(2)
-    label = rng.choice(np.array([0, 3, 7, 255], np.uint8), size=(90, 117))
-    _, ctx = protocol.prepare(_image((90, 117)))
-    grid = protocol.label_to_score_grid(label, ctx)
-    assert set(np.unique(grid)) <= {0, 3, 7, 255}
 
 
 @pytest.mark.parametrize("name", ["fcn8s_voc", "deeplab_65", "crfrnn", "pspnet_voc"])
@@ -334,6 +360,28 @@ def test_from_dict_rejects_bad_blocks_and_round_trips():
         "mean_bgr", "resize", "pad", "scores_to_labels"}
     assert Protocol.from_dict(PROTOCOLS["dilated_voc"]).score_align == "stride"
     assert Protocol.from_dict(PROTOCOLS["deeplab_65"]).score_align == "corners"
+
+
+@pytest.mark.parametrize("change", [
+    {"mean_bgr": [1, 2, "3"]}, {"mean_bgr": [1, 2, True]}, {"mean_bgr": 104.0},
+    {"resize": {"size": [500.0, 500]}}, {"resize": {"size": [0, 500]}},
+    {"resize": {"long_side": True}}, {"resize": {"long_side": 473, "shrink_only": "false"}},
+    {"resize": [473]}, {"pad": "constant"}, {"pad": {"mode": "constant", "canvas": [513]}},
+    {"pad": {"mode": "reflect101", "margin": -1}},
+    {"pad": {"mode": "reflect101", "margin": 1.5}},
+    {"pad": {"mode": "reflect101", "margin": 3, "canvas": [900, True]}},
+], ids=lambda c: json.dumps(c))
+def test_from_dict_checks_types_not_just_keys(change):
+    # each of these used to be coerced (int(), float(), bool("false") is True) or
+    # to fail with a TypeError/AttributeError instead of a ValueError naming the key
+    block = dict(PROTOCOLS["deeplab_65"], **change)
+    with pytest.raises(ValueError, match=next(iter(change)).split("_")[0]):
+        Protocol.from_dict(block)
+
+
+def test_from_dict_refuses_a_non_object():
+    with pytest.raises(ValueError, match="object"):
+        Protocol.from_dict([1, 2])
 
 
 MANIFEST = os.path.join(os.path.dirname(__file__), os.pardir, "weights_manifest.json")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from caffe_attacks import experiments as E
-from caffe_attacks import tables
+from caffe_attacks.report import tables
 from caffe_attacks.store import Record, ResultsStore
 
 BASE = {"weights_md5": "abc", "dataset": "voc", "split": "val", "protocol": {},

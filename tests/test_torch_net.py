@@ -23,11 +23,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from caffe_attacks import engine_check, zoo  # noqa: E402
+from caffe_attacks.caffe_geometry import (interp_output_size, layer_type,  # noqa: E402
+                                          parse_prototxt, upsample_output_size)
 from caffe_attacks.caffemodel_reader import WeightShapeError  # noqa: E402
 from caffe_attacks.layers import bn, interp, meanfield, upsample  # noqa: E402
-from caffe_attacks.torch_layers import SUPPORTED_TYPES  # noqa: E402
+from caffe_attacks.torch_layers import SUPPORTED_TYPES, make_op  # noqa: E402
 from caffe_attacks.torch_net import TorchNet  # noqa: E402
-from caffe_attacks.zoo import shapes  # noqa: E402
 from tests import protowire  # noqa: E402
 from tests.conftest import requires_caffe  # noqa: E402
 
@@ -289,6 +290,19 @@ layer { name: "cat" type: "Concat" bottom: "crop" bottom: "crop" top: "cat" }
     np.testing.assert_allclose(y, (x / np.sqrt(0.01)) * as32(gamma) + as32(beta), rtol=1e-9)
 
 
+def test_crop_refuses_a_window_past_the_bottom():
+    # the graph infers shapes at the definition's size; a larger crop reference
+    # at run time must fail as Caffe's CHECK does, not silently return less
+    layer = parse_prototxt('layer { name: "c" type: "Crop" bottom: "x" bottom: "r" top: "c" '
+                           'crop_param { axis: 2 offset: 2 } }')["layer"][0]
+    op = make_op(layer, "Crop")
+    x = torch.arange(25.0).reshape(1, 1, 5, 5)
+    np.testing.assert_array_equal(op([x, torch.zeros(1, 1, 3, 3)], [])[0][0, 0],
+                                  x[0, 0, 2:5, 2:5])
+    with pytest.raises(ValueError, match="exceeds"):
+        op([x, torch.zeros(1, 1, 4, 4)], [])
+
+
 # ------------------------------------------------------- Python layers
 
 def _python(name, module, cls, params, bottoms, top=None):
@@ -310,7 +324,7 @@ def test_interp_equals_the_numpy_layer(params, hw):
     text = _net({"data": x.shape}, _python("i", "caffe_attacks.layers.interp", "Interp", params,
                                            ["data"]))
     net = TorchNet(text)
-    _, _, oh, ow = interp.interp_output_size(hw[0], hw[1], params)
+    _, _, oh, ow = interp_output_size(hw[0], hw[1], params)
     expected = interp.interp_forward(x, oh, ow, params.get("pad_beg", 0), params.get("pad_end", 0))
     y = net.forward(x)
     np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6)
@@ -356,7 +370,7 @@ def test_upsample_equals_the_numpy_layer(overlap):
     pooled, mask = blobs["pool"].numpy(), blobs["mask"].numpy().astype(np.float32)
     if overlap:
         assert len(np.unique(mask[0, 0])) < mask[0, 0].size   # repeated targets do occur
-    out_hw = upsample.upsample_output_size(*pooled.shape[2:], params)
+    out_hw = upsample_output_size(*pooled.shape[2:], params)
     y = net.forward(x)
     np.testing.assert_array_equal(y, upsample.unpool_forward(pooled, mask, *out_hw))
     dy = rng.normal(0, 1, y.shape).astype(np.float32)
@@ -408,7 +422,7 @@ def _random_tiny(precision="float32", **kwargs):
 def test_committed_zoo_uses_only_supported_layer_types():
     for name in zoo.names():
         text = zoo.prototxt_path(name).read_text()
-        used = {shapes.layer_type(layer) for layer in shapes.parse_prototxt(text)["layer"]}
+        used = {layer_type(layer) for layer in parse_prototxt(text)["layer"]}
         assert used <= set(SUPPORTED_TYPES), (name, used - set(SUPPORTED_TYPES))
 
 
@@ -505,8 +519,8 @@ def test_weights_from_a_caffemodel_and_shape_errors(tmp_path):
 
 
 def test_run_cli_loads_the_torch_engine():
-    from caffe_attacks.run import _load_engine
-    model = _load_engine("torch", TINY, None, None, "data", "score", "cpu")
+    from caffe_attacks.runner import load_engine
+    model = load_engine("torch", TINY, None, None, "data", "score", "cpu")
     assert isinstance(model, TorchNet) and model.num_classes == 5
 
 

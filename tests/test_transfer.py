@@ -1,4 +1,4 @@
-"""Transfer attacks (caffe_attacks.transfer).
+"""Transfer attacks (caffe_attacks.runner.transfer and the transfer CLI).
 
 Pure numpy: the delta mapping between canvases with a pixel-wise linear
 model, for which a transferred FGSM must equal the target's own white-box
@@ -8,16 +8,15 @@ a transfer between two scales of a tiny multiscale net equals crafting and
 evaluating by hand; the CLI's errors and its end-to-end run.
 """
 import json
-import types
 
 import numpy as np
 import pytest
 
-from caffe_attacks import run as runner
-from caffe_attacks import transfer
+from caffe_attacks import runner, transfer
 from caffe_attacks.attacks import fgsm
 from caffe_attacks.preprocess import Protocol
-from caffe_attacks.run import ResolvedModel
+from caffe_attacks.runner import MemberModel, ResolvedModel, RunOptions, transferred_input
+from caffe_attacks.runner.transfer import run_transfer, transfer_targets
 from caffe_attacks.store import ResultsStore, config_key
 from tests.conftest import requires_caffe
 from tests.models import LinearPixelModel
@@ -32,10 +31,8 @@ def data_dir(small_synthetic_voc):
     return small_synthetic_voc
 
 
-def _args(*extra):
-    return transfer.build_parser().parse_args(
-        ["--source", "x", "--target", "y", "--dataset", "synthetic", "--data-dir", "d",
-         "--quiet", *extra])
+def _options(attacks=("fgsm",), eps=(8.0,)):
+    return RunOptions(dataset="synthetic", data_dir="d", quiet=True, attacks=attacks, eps=eps)
 
 
 def _dataset(data_dir):
@@ -57,7 +54,7 @@ def test_transferred_input_on_a_shared_canvas_is_the_adversarial_input():
     image = np.random.default_rng(0).integers(0, 255, (32, 48, 3)).astype(np.uint8)
     x, ctx = p.prepare(image)
     x_adv = (x + 0.1 * np.random.default_rng(1).normal(0, 1, x.shape)).astype(np.float32)
-    out = transfer.transferred_input(x, x_adv, ctx, p, x, ctx, p)
+    out = transferred_input(x, x_adv, ctx, p, x, ctx, p)
     assert out is not x_adv and np.array_equal(out, x_adv)
 
 
@@ -67,11 +64,11 @@ def test_transferred_input_between_canvases_keeps_image_pixels_and_drops_padding
     x_s, ctx_s = src.prepare(image)
     x_t, ctx_t = dst.prepare(image)
     delta = np.random.default_rng(2).choice([-8.0, 8.0], x_s.shape).astype(np.float32)
-    out = transfer.transferred_input(x_s, x_s + delta, ctx_s, src, x_t, ctx_t, dst)
+    out = transferred_input(x_s, x_s + delta, ctx_s, src, x_t, ctx_t, dst)
     assert out.shape == x_t.shape
     np.testing.assert_allclose(out - x_t, delta[:, :, :32, :48], atol=1e-4)
     # and back: the target's padding receives no perturbation
-    back = transfer.transferred_input(x_t, out, ctx_t, dst, x_s, ctx_s, src)
+    back = transferred_input(x_t, out, ctx_t, dst, x_s, ctx_s, src)
     np.testing.assert_allclose(back[:, :, :32, :48] - x_s[:, :, :32, :48],
                                delta[:, :, :32, :48], atol=1e-3)
     assert np.all(back[:, :, 32:, :] == x_s[:, :, 32:, :])
@@ -86,15 +83,10 @@ def test_pixelwise_model_transfer_across_canvases_equals_white_box(data_dir, tmp
     target = _linear_rm(NO_PAD, "plain")          # same weights, other canvas
     dataset = _dataset(data_dir)
     ids = dataset.ids[:3]
-    args = _args("--attack", "fgsm", "--eps", "4")
-    args.dataset = "synthetic"
+    options = _options(eps=(4.0,))
     with ResultsStore(tmp_path / "r.h5") as store:
-        by_target = transfer.run_transfer(source, [target], dataset, store, ["fgsm"], [4.0],
-                                          args, ids, progress=False)
-        white = runner.run(target, dataset, store, {"model": "plain", "dataset": "synthetic"},
-                           ["fgsm"], [4.0], types.SimpleNamespace(
-                               clip_to_image=False, alpha=1.0, ifgsm_ll_target="current",
-                               save_examples=None), ids, progress=False)
+        by_target = run_transfer(dataset, ids, source, [target], store, options, progress=False)
+        white = _white_box(target, dataset, store, options, ids)
         configs = {k: c for k, c in store.configs().items()}
     rows = by_target["plain"]
     assert [r["attack"] for r in rows] == ["clean", "fgsm"]
@@ -108,11 +100,16 @@ def test_pixelwise_model_transfer_across_canvases_equals_white_box(data_dir, tmp
             "protocol": Protocol.from_dict(PADDED).to_dict(), "score_blob": None} in sources
 
 
+def _white_box(rm, dataset, store, options, ids):
+    configs = runner.make_configs(runner.record_base(rm, options), options)
+    runner.sweep(dataset, ids, rm, [runner.Target(rm, configs)], store, options, progress=False)
+    return runner.summarize(store, configs, ids)
+
+
 def test_records_name_their_source_and_clean_records_do_not():
     source, target = _linear_rm(PADDED, "a"), _linear_rm(NO_PAD, "b")
-    args = _args("--attack", "fgsm", "ifgsm")
-    configs = transfer.make_transfer_configs(source, [target], ["fgsm", "ifgsm"], [0.0, 2.0, 8.0],
-                                             args, "synthetic", "val")[0]
+    configs = transfer_targets(source, [target], _options(("fgsm", "ifgsm"),
+                                                          (0.0, 2.0, 8.0)))[0].configs
     assert [(a, e) for a, e, _ in configs] == [("clean", 0.0), ("fgsm", 2.0), ("fgsm", 8.0),
                                                ("ifgsm", 2.0), ("ifgsm", 8.0)]
     assert "source" not in configs[0][2]
@@ -133,12 +130,10 @@ def _tiny_member(variant, weights):
 
     def load(path, score_blob):
         return CaffeNet(path, weights, input_blob="data", score_blob=score_blob)
-    model = transfer.MemberModel(member, load)
+    model = MemberModel(member, load)
     model.build(HW)
-    rm = ResolvedModel(model, Protocol.from_dict(NO_PAD), member.label, weights, "md5",
-                       False, 5)
-    rm.member = member
-    return rm
+    return ResolvedModel(model, Protocol.from_dict(NO_PAD), member.label, weights, "md5",
+                         False, 5, member=member)
 
 
 @pytest.fixture(scope="module")
@@ -162,18 +157,12 @@ def test_transfer_from_a_net_to_itself_equals_the_white_box_run(data_dir, tmp_pa
     rm = _tiny_member("@max", tiny_weights)
     dataset = _dataset(data_dir)
     ids = dataset.ids[:2]
-    args = _args("--attack", "fgsm", "ifgsm_ll", "--eps", "2", "8")
+    options = _options(("fgsm", "ifgsm_ll"), (2.0, 8.0))
     with ResultsStore(tmp_path / "r.h5") as store:
-        base = dict(transfer.net_config(rm), dataset="synthetic", split="val")
+        base = runner.record_base(rm, options)
         assert base["score_blob"] == "score_fusion" and base["member"]["fusion"] == "max"
-        white = runner.run(rm, dataset, store, base, ["fgsm", "ifgsm_ll"], [2.0, 8.0],
-                           types.SimpleNamespace(clip_to_image=False, alpha=1.0,
-                                                 ifgsm_ll_target="current",
-                                                 save_examples=None),
-                           ids, progress=False)
-        args.dataset = "synthetic"
-        rows = transfer.run_transfer(rm, [rm], dataset, store, ["fgsm", "ifgsm_ll"],
-                                     [2.0, 8.0], args, ids, progress=False)[rm.name]
+        white = _white_box(rm, dataset, store, options, ids)
+        rows = run_transfer(dataset, ids, rm, [rm], store, options, progress=False)[rm.name]
         keys = store.configs()
     assert len(keys) == 1 + 2 * 4     # one shared clean config, white-box and transfer apart
     assert [(r["attack"], r["eps"]) for r in rows] == [(r["attack"], r["eps"]) for r in white]
@@ -191,12 +180,11 @@ def test_transfer_between_scales_equals_crafting_and_evaluating_by_hand(data_dir
     source, target = _tiny_member("@0.5", tiny_weights), _tiny_member("@1", tiny_weights)
     dataset = _dataset(data_dir)
     sample = dataset.load(dataset.ids[0])
-    args = _args("--attack", "fgsm", "--eps", "8")
-    configs = transfer.make_transfer_configs(source, [target], ["fgsm"], [8.0], args,
-                                             "synthetic", "val")
+    options = _options()
+    plan = transfer_targets(source, [target], options)
     with ResultsStore(tmp_path / "r.h5") as store:
-        transfer.transfer_image(sample, source, [target], configs, store, args)
-        record = store.records(config_key(configs[0][1][2]))[0]
+        runner.attack_batch([sample], source, plan, store, options)
+        record = store.records(config_key(plan[0].configs[1][2]))[0]
     x, _ = source.protocol.prepare(sample.image)
     x_adv = fgsm(source.model, x, 8.0)
     pred = target.model.forward(x_adv)[0].argmax(0)

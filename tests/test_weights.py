@@ -20,7 +20,9 @@ from caffe_attacks import weights
 from caffe_attacks.weights import Status
 from caffe_attacks.weights.__main__ import main as cli
 from caffe_attacks.weights.checksum import hash_file, matches_truncated
-from caffe_attacks.weights.manifest import REPO_ROOT, ManifestError, validate
+from caffe_attacks.preprocess import Protocol
+from caffe_attacks.weights.manifest import (REPO_ROOT, ManifestError, validate,
+                                            validate_input_block)
 
 from tests.conftest import SUPPLEMENTARY as SEED  # noqa: E402
 DESIGN = REPO_ROOT / "docs" / "DESIGN.md"
@@ -173,7 +175,8 @@ def test_every_input_block_is_a_preprocess_protocol(manifest):
 
 def test_known_checksum_facts(manifest):
     m = manifest["models"]
-    # ZOO.md §4: the repo/third-party full values explain the paper's 31 digits.
+    # the full values published elsewhere (hszhao/ICNet's README, a third-party
+    # README for CRF-RNN) explain the paper's 31 digits.
     for name in ("icnet_cityscapes", "crfrnn_voc"):
         assert len(m[name]["paper_md5"]) == 31 and len(m[name]["md5"]) == 32
         assert matches_truncated(m[name]["md5"], m[name]["paper_md5"])
@@ -287,6 +290,19 @@ def test_schema_accepts(entry):
 def test_schema_rejects(entry, message):
     with pytest.raises(ManifestError, match=re.escape(message)):
         validate({"schema_version": 1, "models": {"m": entry}})
+
+
+BAD_INPUT = ("pad mode", "canvas", "mean", "resize", "s2l", "score_align", "shrink_only type",
+             "shrink_only with size")
+
+
+@pytest.mark.parametrize("entry", [e for i, e, _ in INVALID if i in BAD_INPUT], ids=BAD_INPUT)
+def test_input_block_problems_are_the_protocols_own(entry):
+    # one schema: the manifest reports what preprocess.Protocol.from_dict refuses
+    with pytest.raises(ValueError) as refused:
+        Protocol.from_dict(entry["input"])
+    assert validate_input_block(entry["input"], "models.m") == ["models.m.input: %s"
+                                                                % refused.value]
 
 
 def test_committed_manifest_with_tiny_synthetic_added_still_validates(manifest):

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 from caffe_attacks import zoo
+from caffe_attacks.caffe_geometry import parse_prototxt
+from caffe_attacks.datasets import DATASET_KINDS
 from caffe_attacks.engine_check import SMALL_INPUTS, small_build_options
 from caffe_attacks.zoo import conformance, shapes
 from tests.conftest import requires_caffe
@@ -32,6 +34,10 @@ def committed(name):
 
 
 # ------------------------------------------------------------------ registry
+
+def test_every_model_names_a_dataset_kind():
+    assert {zoo.get(n).dataset for n in ALL} == set(DATASET_KINDS)
+
 
 def test_registry_lists_every_model_with_its_prototxt():
     assert len(set(ALL)) == len(ALL) >= 16
@@ -55,7 +61,7 @@ def test_committed_file_names_its_generator(name):
 @pytest.mark.parametrize("name", ALL)
 def test_score_blob_is_logits_with_one_channel_per_class(name):
     spec = zoo.get(name)
-    layers = shapes.infer(shapes.parse_prototxt(committed(name)))
+    layers = shapes.infer(parse_prototxt(committed(name)))
     producers = [l for l in layers if spec.score_blob in l.tops]
     assert producers, "score blob %r is not produced by any layer" % spec.score_blob
     assert all(l.type != "Softmax" for l in producers)
@@ -68,40 +74,8 @@ def test_score_blob_is_logits_with_one_channel_per_class(name):
 
 # ----------------------------------------------------------- shape inference
 
-def test_parser_reads_strings_comments_and_nested_messages():
-    net = shapes.parse_prototxt(
-        'name: "n"  # a comment\ninput: \'data\' input_dim: 1 input_dim: 3\n'
-        'layer { name: "p" type: "Python" python_param { param_str: "{\\"a\\": 1}" } '
-        'param { lr_mult: 2.5 } bias_term: false pool: MAX }')
-    layer = net["layer"][0]
-    assert net["name"] == ["n"] and net["input"] == ["data"] and net["input_dim"] == [1, 3]
-    assert layer["python_param"][0]["param_str"] == ['{"a": 1}']
-    assert layer["param"][0]["lr_mult"] == [2.5]
-    assert layer["bias_term"] == [False] and layer["pool"] == ["MAX"]
-
-
-@pytest.mark.parametrize("size, ks, stride, pad, expected", [
-    (500, 2, 2, 0, 250), (101, 2, 2, 0, 51),        # ceil, unlike convolution
-    (161, 3, 2, 1, 81), (65, 3, 1, 1, 65),
-    (6, 2, 2, 1, 4),                                 # last window would start in the pad
-])
-def test_pooling_extent_follows_caffe(size, ks, stride, pad, expected):
-    assert shapes._pool_extent(size, ks, stride, pad) == expected
-
-
-@pytest.mark.parametrize("params, hw, expected", [
-    (dict(zoom_factor=8), (65, 65), (513, 513)),
-    (dict(shrink_factor=2), (513, 1025), (257, 513)),
-    (dict(zoom_factor=3, shrink_factor=4), (513, 513), (385, 385)),   # DeepLab MSC 0.75
-    (dict(height=60, width=90), (1, 1), (60, 90)),
-    (dict(zoom_factor=2, pad_beg=-1, pad_end=-1), (12, 12), (19, 19)),
-])
-def test_interp_output_size_rules(params, hw, expected):
-    assert shapes.interp_shape((1, 2) + hw, params)[2:] == expected
-
-
 def test_deconvolution_and_group_parameter_shapes():
-    net = shapes.parse_prototxt(
+    net = parse_prototxt(
         'input: "data" input_dim: 1 input_dim: 19 input_dim: 7 input_dim: 5\n'
         'layer { name: "up" type: "Deconvolution" bottom: "data" top: "up" convolution_param {'
         ' num_output: 19 group: 19 kernel_size: 16 stride: 8 pad: 4 bias_term: false } }')
@@ -109,8 +83,8 @@ def test_deconvolution_and_group_parameter_shapes():
     assert up.top_shapes == [(1, 19, 8 * 7, 8 * 5)] and up.param_shapes == [(19, 1, 16, 16)]
 
 
-# Reference counts computed independently in ZOO.md (its own parser) from the
-# published deploys; our reader must give the same numbers on the same files.
+# Reference counts computed independently (another parser) from the published
+# deploys; our reader must give the same numbers on the same files.
 @pytest.mark.skipif(not REFERENCE.is_dir(), reason="reference prototxt folder absent")
 @pytest.mark.parametrize("filename, params", [
     ("fcn8s_vgg_voc.deploy.prototxt", 134489759),
@@ -139,7 +113,7 @@ TABLE_A4_ELSEWHERE = {
 }
 
 
-# Deploys that hold every stored blob (ZOO.md): Table A4 = params x 4 / 2**20.
+# Deploys that hold every stored blob: Table A4 = params x 4 / 2**20.
 @pytest.mark.parametrize("name", ALL)
 def test_parameter_count_reproduces_table_a4(name):
     spec = zoo.get(name)
@@ -153,7 +127,7 @@ def test_parameter_count_reproduces_table_a4(name):
 
 def test_fcn_resnet101_design_count():
     # our design, not a reproduction: DeepLab's ResNet-101 trunk without ASPP
-    # (ZOO.md: 42,605,608) + 1x1 score layers with bias on 2048/1024/512
+    # (42,605,608) + 1x1 score layers with bias on 2048/1024/512
     # channels + two full 21x21x4x4 deconvs + one group 21x1x16x16 deconv.
     trunk = 44153980 - 4 * (21 * 2048 * 9 + 21)
     assert trunk == 42605608
@@ -210,7 +184,7 @@ def test_conformance_detects_a_changed_net():
 
 def _crop_offsets(text):
     return [(l["name"][0], l.get("crop_param", [{}])[0].get("offset"))
-            for l in shapes.parse_prototxt(text)["layer"] if l["type"][0] == "Crop"]
+            for l in parse_prototxt(text)["layer"] if l["type"][0] == "Crop"]
 
 
 @pytest.mark.skipif(not REFERENCE.is_dir(), reason="reference prototxt folder absent")
@@ -224,7 +198,7 @@ def test_crop_offsets_equal_the_explicit_fcn_ones():
         (REFERENCE / "fcn8s_vgg_voc.deploy.prototxt").read_text())] == explicit
     for name in ("crfrnn_voc", "fcn8s_vgg_voc", "fcn8s_vgg_voc_authors", "fcn8s_vgg_cityscapes"):
         assert [o for _, o in _crop_offsets(committed(name))] == explicit, name
-    crf = shapes.parse_prototxt(committed("crfrnn_voc"))["layer"]
+    crf = parse_prototxt(committed("crfrnn_voc"))["layer"]
     assert all(l["crop_param"][0]["axis"] == [2] for l in crf if l["type"][0] == "Crop")
 
 
@@ -251,7 +225,7 @@ def test_generated_text_is_valid_bvlc_protobuf(name):
 
 def _needed_layer_modules(text):
     return sorted({l.type.split(":", 1)[1].rsplit(".", 1)[0]
-                   for l in shapes.infer(shapes.parse_prototxt(text))
+                   for l in shapes.infer(parse_prototxt(text))
                    if l.type.startswith("Python:")})
 
 
@@ -291,7 +265,7 @@ def _check_net(name, input_hw, rng, check_gradient=True, **options):
         pytest.skip("Python layer module(s) not written yet: %s" % ", ".join(missing))
     model = CaffeNet(text, input_blob=spec.input_blob, score_blob=spec.score_blob)
     net = model.net
-    inferred = shapes.infer(shapes.parse_prototxt(text))
+    inferred = shapes.infer(parse_prototxt(text))
     final = {}      # Caffe's own blob shapes vs our shape inference
     for layer in inferred:
         final.update(zip(layer.tops, layer.top_shapes))

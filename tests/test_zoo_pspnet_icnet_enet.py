@@ -10,7 +10,8 @@ inference). Beyond those, per family:
   order, Dropout ratio -- a wrong dilation with a matching pad keeps every
   shape, so shapes alone would not catch it (the mutation tests prove this
   comparison fails when it should);
-- deploy parameter counts against ZOO.md's independent computation, and the
+- deploy parameter counts against an independent computation (another parser
+  over the published deploys), and the
   Table A4 gaps (PSPNet auxiliary branch, ENet's decimal MB);
 - the input-size rules (pyramid pooling windows, ICNet's cascade sizes,
   ENet's multiple of 8) in closed form and through shape inference;
@@ -32,7 +33,8 @@ import pytest
 from caffe_attacks import zoo
 from caffe_attacks.engine_check import SMALL_INPUTS
 from caffe_attacks.zoo import enet, icnet, pspnet
-from caffe_attacks.zoo.shapes import infer, param_count, parse_prototxt
+from caffe_attacks.caffe_geometry import parse_prototxt
+from caffe_attacks.zoo.shapes import infer, param_count
 from tests.conftest import requires_caffe
 
 from tests.conftest import REFERENCE_PROTOTXT as REFERENCE_DIR  # noqa: E402
@@ -256,7 +258,8 @@ def test_comparison_catches_mutations(mutation):
 
 # ------------------------------------------------------- parameter counts
 
-# Deploy parameter counts computed by ZOO.md (its own parser and shape rules).
+# Deploy parameter counts computed independently (another parser and shape rules)
+# from the published deploys.
 DEPLOY_PARAMS = {
     "pspnet101_voc": 65819349,
     "pspnet101_cityscapes": 65818323,
@@ -414,7 +417,7 @@ def test_icnet_bnnomerge_variant_matches_its_deploy():
     ours = describe(text_format.MessageToString(net))
     diffs = differences(ours, describe(reference("icnet_cityscapes_bnnomerge.deploy.prototxt")))
     assert not diffs, "\n".join(diffs)
-    assert sum(math.prod(p) for row in ours for p in row[5]) == 6728534   # ZOO.md
+    assert sum(math.prod(p) for row in ours for p in row[5]) == 6728534   # computed independently
 
 
 @pytest.mark.parametrize("name,hw", [("icnet_cityscapes", (100, 100)), ("enet_cityscapes", (36, 64)),

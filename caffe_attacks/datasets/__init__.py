@@ -13,10 +13,10 @@ from .cityscapes import CityscapesSegmentation
 from .common import DatasetError, Sample
 from .voc import VOCSegmentation
 
-KINDS = ("voc", "cityscapes", "synthetic")
+DATASET_KINDS = ("voc", "cityscapes", "synthetic")   # the `kind` of open_dataset
 SYNTHETIC_META = "synthetic.json"
 
-__all__ = ["open_dataset", "Sample", "DatasetError", "KINDS", "VOCSegmentation",
+__all__ = ["open_dataset", "Sample", "DatasetError", "DATASET_KINDS", "VOCSegmentation",
            "CityscapesSegmentation"]
 
 
@@ -69,4 +69,4 @@ def open_dataset(kind, root, split="val", **opts):
         return CityscapesSegmentation(root, split, **opts)
     if kind == "synthetic":
         return _open_synthetic(root, split, **opts)
-    raise ValueError(f"unknown dataset kind {kind!r}; expected one of {KINDS}")
+    raise ValueError(f"unknown dataset kind {kind!r}; expected one of {DATASET_KINDS}")

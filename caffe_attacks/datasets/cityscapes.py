@@ -19,7 +19,6 @@ from .labels import (CITYSCAPES_CLASS_NAMES, CITYSCAPES_MAX_LABEL_ID, CITYSCAPES
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
-CITYSCAPES_VAL_SIZE = 500
 PAPER_SIZE = (1024, 512)  # (W, H) used for every Cityscapes model in the paper
 
 

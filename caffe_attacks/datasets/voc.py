@@ -13,8 +13,6 @@ from .common import (DatasetError, Sample, SegmentationDataset, check_label_valu
                      read_image_bgr, read_label_png)
 from .labels import VOC_CLASS_NAMES, VOC_NUM_CLASSES, voc_palette
 
-VOC_VAL_SIZE = 1449  # ids in VOC2012 ImageSets/Segmentation/val.txt
-
 
 def find_voc_root(root):
     """The directory that holds JPEGImages/, given VOCdevkit, VOC2012 or itself."""

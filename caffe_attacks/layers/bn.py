@@ -1,4 +1,5 @@
-"""The two inference-time ``BN`` layers of the zoo's forks (ZOO.md §1.2, §1.3).
+"""The two inference-time ``BN`` layers of the zoo's forks (``bn_layer.cpp`` of
+hszhao/PSPNet, alexgkendall/caffe-segnet and TimoSaemann/caffe-enet).
 
 ``PSPBN`` is hszhao/PSPNet's ``BN`` (also ICNet's bnnomerge nets): four blobs
 slope, bias, moving mean, moving variance, each (1, C, 1, 1), and at test time
@@ -14,7 +15,7 @@ and the parameter diffs are left untouched (zero).
 """
 import numpy as np
 
-from caffe_attacks.layers._params import parse_param_str
+from caffe_attacks.caffe_geometry import parse_param_str
 
 try:
     import caffe

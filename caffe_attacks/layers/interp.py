@@ -1,6 +1,7 @@
-"""``Interp``: bilinear resizing of PSPNet, ICNet and DeepLab v2 (ZOO.md §1.1).
+"""``Interp``: bilinear resizing of PSPNet, ICNet and DeepLab v2.
 
-The original (identical in hszhao/PSPNet and deeplab-public-ver2) first crops
+The original (``src/caffe/layers/interp_layer.cpp``, identical in
+hszhao/PSPNet and deeplab-public-ver2; sizes in caffe_geometry) first crops
 the input by ``-pad_beg`` / ``-pad_end`` (pads are <= 0), then resizes with
 align_corners=True bilinear weights computed in float32.  Bilinear resizing is
 separable, so forward applies a 2-tap 1-D interpolation along W, then along H,
@@ -16,66 +17,14 @@ import functools
 import numpy as np
 import scipy.sparse
 
-from caffe_attacks.layers._params import parse_param_str
+from caffe_attacks.caffe_geometry import (INTERP_KEYS, check_interp_params, interp_output_size,
+                                          parse_param_str)
 
 try:
     import caffe
     _Layer = caffe.Layer
 except ImportError:  # the numpy functions below stay usable without pycaffe
     _Layer = object
-
-PARAM_KEYS = {"zoom_factor": int, "shrink_factor": int, "height": int, "width": int,
-              "pad_beg": int, "pad_end": int}
-
-
-def check_interp_params(params):
-    """Raise ValueError where the original would CHECK-fail at set-up.
-
-    params : dict of the present keys, as parse_param_str returns them
-    """
-    for key in ("pad_beg", "pad_end"):
-        if params.get(key, 0) > 0:
-            raise ValueError("Interp %s must be <= 0 (only cropping is supported), got %d"
-                             % (key, params[key]))
-    for key in ("zoom_factor", "shrink_factor", "height", "width"):
-        if key in params and params[key] < 1:
-            raise ValueError("Interp %s must be >= 1, got %d" % (key, params[key]))
-    has = set(params)
-    if not ({"shrink_factor", "zoom_factor"} & has or {"height", "width"} <= has):
-        raise ValueError("Interp needs shrink_factor and/or zoom_factor, or both height and "
-                         "width; got keys %s" % sorted(has))
-
-
-def interp_output_size(h_in, w_in, params):
-    """Effective (cropped) input size and output size, by the original's rules.
-
-    Parameters
-    ----------
-    h_in, w_in : int, bottom height and width
-    params : dict of the present param_str keys (see check_interp_params)
-
-    Returns
-    -------
-    (h_eff, w_eff, h_out, w_out) : ints; h_eff = h_in + pad_beg + pad_end
-    """
-    check_interp_params(params)
-    pad = params.get("pad_beg", 0) + params.get("pad_end", 0)
-    h_eff, w_eff = h_in + pad, w_in + pad
-    if h_eff < 1 or w_eff < 1:
-        raise ValueError("Interp crops a %dx%d input to nothing (pad_beg + pad_end = %d)"
-                         % (h_in, w_in, pad))
-    shrink, zoom = params.get("shrink_factor"), params.get("zoom_factor")
-    # Same precedence as the original's if/else chain on has_*().
-    if shrink is not None and zoom is None:
-        h_out, w_out = (h_eff - 1) // shrink + 1, (w_eff - 1) // shrink + 1
-    elif zoom is not None and shrink is None:
-        h_out, w_out = h_eff + (h_eff - 1) * (zoom - 1), w_eff + (w_eff - 1) * (zoom - 1)
-    elif "height" in params and "width" in params:
-        h_out, w_out = params["height"], params["width"]
-    else:
-        h_out, w_out = (h_eff - 1) // shrink + 1, (w_eff - 1) // shrink + 1
-        h_out, w_out = h_out + (h_out - 1) * (zoom - 1), w_out + (w_out - 1) * (zoom - 1)
-    return h_eff, w_eff, h_out, w_out
 
 
 def axis_weights(n_src, n_out):
@@ -182,7 +131,7 @@ class Interp(_Layer):
         if len(bottom) != 1 or len(top) != 1:
             raise ValueError("Interp takes one bottom and one top, got %d and %d"
                              % (len(bottom), len(top)))
-        self.params = parse_param_str(self.param_str, PARAM_KEYS, "Interp")
+        self.params = parse_param_str(self.param_str, INTERP_KEYS, "Interp")
         check_interp_params(self.params)
         self.pad_beg = self.params.get("pad_beg", 0)
         self.pad_end = self.params.get("pad_end", 0)

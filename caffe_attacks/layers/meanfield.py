@@ -1,7 +1,7 @@
 """``MultiStageMeanfield``: CRF-RNN's mean-field inference as a Caffe Python layer.
 
-Semantics of crfasrnn's Caffe layer (torrvision/caffe, ZOO.md §1.5,
-ATTACKS.md §4).  Bottoms [unary U, Q0, data] of shapes (N, C, H, W),
+Semantics of crfasrnn's Caffe layer (torrvision/caffe, branch crfrnn,
+``src/caffe/layers/multi_stage_meanfield.cpp`` and ``meanfield_iteration.cpp``).  Bottoms [unary U, Q0, data] of shapes (N, C, H, W),
 (N, C, H, W), (N, 3, H, W); top (N, C, H, W).  For t = 1..T::
 
     Q_t   = softmax_c(prev_{t-1})            prev_0 = Q0
@@ -32,8 +32,8 @@ import logging
 
 import numpy as np
 
+from caffe_attacks.caffe_geometry import parse_param_str
 from caffe_attacks.lattice import PermutohedralLattice
-from caffe_attacks.layers._params import parse_param_str
 
 try:
     import numba

@@ -1,4 +1,5 @@
-"""``Upsample``: max-unpooling of SegNet and ENet (caffe-segnet / caffe-enet, ZOO.md §1.4).
+"""``Upsample``: max-unpooling of SegNet and ENet (``upsample_layer.cpp`` of
+alexgkendall/caffe-segnet and TimoSaemann/caffe-enet).
 
 Bottoms are [data, mask], both (N, C, h, w); the mask is the second top of a
 MAX Pooling layer and holds, per cell, the flat index ``row * W_out + col`` of
@@ -15,52 +16,13 @@ param_str keys (JSON; defaults as caffe.proto's UpsampleParameter):
 """
 import numpy as np
 
-from caffe_attacks.layers._params import parse_param_str
+from caffe_attacks.caffe_geometry import UPSAMPLE_KEYS, parse_param_str, upsample_output_size
 
 try:
     import caffe
     _Layer = caffe.Layer
 except ImportError:  # the numpy functions below stay usable without pycaffe
     _Layer = object
-
-PARAM_KEYS = {"scale": int, "scale_h": int, "scale_w": int, "pad_out_h": bool,
-              "pad_out_w": bool, "upsample_h": int, "upsample_w": int}
-
-
-def upsample_output_size(h, w, params):
-    """Output (H, W) for an (h, w) input by the original's rules.
-
-    Parameters
-    ----------
-    h, w : int, data (and mask) height and width
-    params : dict of the present param_str keys
-
-    Returns
-    -------
-    (out_h, out_w) : ints
-    """
-    has = set(params)
-    if not ({"upsample_h", "upsample_w"} <= has
-            or ("scale" not in has and {"scale_h", "scale_w"} <= has)
-            or not {"scale_h", "scale_w"} & has):
-        raise ValueError("Upsample needs upsample_h and upsample_w, or scale, or scale_h and "
-                         "scale_w (not scale); got keys %s" % sorted(has))
-    if {"upsample_h", "upsample_w"} <= has:
-        out_h, out_w = params["upsample_h"], params["upsample_w"]
-        if out_h <= 1 or out_w <= 1:
-            raise ValueError("Upsample upsample_h and upsample_w must be > 1, got %d, %d"
-                             % (out_h, out_w))
-        return out_h, out_w
-    if "scale_h" in has:
-        scale_h, scale_w = params["scale_h"], params["scale_w"]
-    else:
-        scale_h = scale_w = params.get("scale", 2)
-    if scale_h <= 1 or scale_w <= 1:
-        raise ValueError("Upsample scale must be > 1, got %d x %d" % (scale_h, scale_w))
-    pad_h, pad_w = params.get("pad_out_h", False), params.get("pad_out_w", False)
-    if (pad_h and scale_h != 2) or (pad_w and scale_w != 2):
-        raise ValueError("Upsample pad_out_h / pad_out_w require a scale of 2")
-    return h * scale_h - int(pad_h), w * scale_w - int(pad_w)
 
 
 def _targets(mask, out_h, out_w):
@@ -136,7 +98,7 @@ class Upsample(_Layer):
         if len(bottom) != 2 or len(top) != 1:
             raise ValueError("Upsample takes bottoms [data, mask] and one top, got %d and %d"
                              % (len(bottom), len(top)))
-        self.params = parse_param_str(self.param_str, PARAM_KEYS, "Upsample")
+        self.params = parse_param_str(self.param_str, UPSAMPLE_KEYS, "Upsample")
         upsample_output_size(2, 2, self.params)  # fail at set-up on bad keys
 
     def reshape(self, bottom, top):

@@ -1,8 +1,10 @@
 """Streaming checksums and the verdict on one caffemodel file.
 
 The supplementary material prints an MD5 for most models; three of them have
-31 hex digits because one digit was lost in typesetting (ZOO.md §4: ICNet and
-CRF-RNN drop a digit in the middle, ENet's full value is unknown). A file
+31 hex digits because one digit was lost in typesetting (the full values
+published elsewhere, hszhao/ICNet's README and a third-party README for the
+CRF-RNN model, show ICNet and CRF-RNN dropping a digit in the middle; ENet's
+full value is unknown). A file
 "matches a truncated checksum" when deleting exactly one digit of its MD5
 gives the published 31 digits; a dropped last digit (a prefix) is one case.
 """

@@ -13,14 +13,14 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Optional, Union
 
+from caffe_attacks.datasets import DATASET_KINDS
+from caffe_attacks.preprocess import INPUT_KEYS, REQUIRED_INPUT_KEYS, Protocol
+
 MANIFEST_PATH = Path(__file__).resolve().parents[2] / "weights_manifest.json"
 REPO_ROOT = MANIFEST_PATH.parent
 
-DATASETS = ("voc", "cityscapes", "synthetic")
 ARCHIVE_FORMATS = ("zip", "tar")
 CLEAN_IOU_TABLES = ("A1", "A2", "A3", None)
-SCORES_TO_LABELS = ("crop", "resize")
-SCORE_ALIGNS = ("corners", "stride", "half_pixel")   # preprocess.py extension key
 
 # key -> (accepted types, required). Types are checked with isinstance, and
 # bool is excluded where a number is meant.
@@ -63,59 +63,21 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _is_hw(value) -> bool:
-    return (isinstance(value, list) and len(value) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
-
-
 def validate_input_block(block, where: str) -> list:
-    """Problems with one ``"input"`` block (schema of docs/DESIGN.md).
-
-    Besides the four DESIGN keys, the extension keys that
-    ``preprocess.Protocol.from_dict`` reads are accepted: ``score_align``
-    and ``resize.shrink_only`` (with ``long_side``).
-    """
-    problems = []
-    keys = {"mean_bgr", "resize", "pad", "scores_to_labels"}
+    """Problems with one ``"input"`` block: ``preprocess.Protocol.from_dict``
+    is its schema; the manifest also writes every required key, so a block
+    reads the same to a person as to the code."""
     if not isinstance(block, dict):
         return ["%s: input must be an object" % where]
-    if not keys <= set(block) <= keys | {"score_align"}:
-        problems.append("%s: input keys %s, expected %s (+ score_align)"
-                        % (where, sorted(block), sorted(keys)))
-    if "score_align" in block and block["score_align"] not in SCORE_ALIGNS:
-        problems.append("%s: score_align must be one of %s" % (where, SCORE_ALIGNS))
-    mean = block.get("mean_bgr")
-    if mean is not None and not (isinstance(mean, list) and len(mean) == 3
-                                 and all(_is_number(v) for v in mean)):
-        problems.append("%s: mean_bgr must be null or 3 numbers (B, G, R)" % where)
-    resize = block.get("resize")
-    if resize is not None:
-        ok = isinstance(resize, dict) and (
-            (set(resize) == {"size"} and _is_hw(resize["size"]))
-            or (set(resize) in ({"long_side"}, {"long_side", "shrink_only"})
-                and isinstance(resize["long_side"], int)
-                and not isinstance(resize["long_side"], bool) and resize["long_side"] > 0
-                and isinstance(resize.get("shrink_only", False), bool)))
-        if not ok:
-            problems.append('%s: resize must be null, {"size": [W, H]} or '
-                            '{"long_side": n[, "shrink_only": bool]}' % where)
-    pad = block.get("pad")
-    if pad is not None:
-        mode = pad.get("mode") if isinstance(pad, dict) else None
-        if mode == "constant":
-            ok = set(pad) == {"mode", "canvas"} and _is_hw(pad["canvas"])
-        elif mode == "reflect101":
-            ok = (set(pad) in ({"mode", "margin"}, {"mode", "margin", "canvas"})
-                  and isinstance(pad["margin"], int) and not isinstance(pad["margin"], bool)
-                  and pad["margin"] >= 0 and ("canvas" not in pad or _is_hw(pad["canvas"])))
-        else:
-            ok = False
-        if not ok:
-            problems.append('%s: pad must be null, {"mode": "constant", "canvas": [H, W]} or '
-                            '{"mode": "reflect101", "margin": n[, "canvas": [H, W]]}' % where)
-    if block.get("scores_to_labels") not in SCORES_TO_LABELS:
-        problems.append("%s: scores_to_labels must be one of %s" % (where, SCORES_TO_LABELS))
-    return problems
+    if not set(REQUIRED_INPUT_KEYS) <= set(block):
+        return ["%s: input keys %s, expected %s and optionally %s"
+                % (where, sorted(block), list(REQUIRED_INPUT_KEYS),
+                   [k for k in INPUT_KEYS if k not in REQUIRED_INPUT_KEYS])]
+    try:
+        Protocol.from_dict(block)
+    except ValueError as err:
+        return ["%s.input: %s" % (where, err)]
+    return []
 
 
 def _is_plain_file_name(value) -> bool:
@@ -154,8 +116,8 @@ def validate_entry(key: str, entry) -> list:
 
     if entry["name"] != key:
         problems.append("%s: name %r differs from its key" % (where, entry["name"]))
-    if entry["dataset"] not in DATASETS:
-        problems.append("%s: dataset must be one of %s" % (where, DATASETS))
+    if entry["dataset"] not in DATASET_KINDS:
+        problems.append("%s: dataset must be one of %s" % (where, DATASET_KINDS))
     if entry["num_classes"] <= 0:
         problems.append("%s: num_classes must be positive" % where)
     if entry["prototxt"] != "prototxt/%s.prototxt" % key:

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
+from caffe_attacks.zoo.netspec_tools import net_text
+
 log = logging.getLogger(__name__)
 
 # Import order is listing order.
@@ -41,7 +43,7 @@ class ModelSpec:
     """What the rest of the toolkit needs to know about one zoo model."""
     name: str                      # e.g. "fcn8s_vgg_voc"; also the prototxt file stem
     family: str                    # module in zoo/, e.g. "fcn"
-    dataset: str                   # "voc" | "cityscapes" | "synthetic"
+    dataset: str                   # one of datasets.DATASET_KINDS
     num_classes: int
     input_blob: str                # "data"
     score_blob: str                # logits blob for the attack loss (before any Softmax)
@@ -131,13 +133,8 @@ def build(name, input_hw=None, **options):
     spec, module = _models()[name]
     hw = tuple(int(v) for v in (input_hw or spec.reference_input))
     net = module.build(spec, hw, **options)
-    text = net if isinstance(net, str) else _to_text(net)
+    text = net if isinstance(net, str) else net_text(net)
     return header_line(spec.family) + "\n" + text.lstrip("\n")
-
-
-def _to_text(net):
-    from google.protobuf import text_format
-    return text_format.MessageToString(net)
 
 
 def prototxt_path(name):

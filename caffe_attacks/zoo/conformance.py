@@ -6,6 +6,7 @@ have the original's layers in the same order, with the same types (each
 fork-specific type mapped to our Python layer), parameter blob shapes and
 top blob shapes at the original's input size.
 """
+from caffe_attacks.caffe_geometry import net_inputs, parse_prototxt
 from caffe_attacks.zoo import shapes
 
 # original (fork) layer type -> types our generators use for it
@@ -47,9 +48,9 @@ def compare(generated, reference, ignore_ref_types=("SoftmaxWithLoss",),
     list of str
         Human-readable differences; empty when the nets conform.
     """
-    ref_net = shapes.parse_prototxt(reference)
-    gen_net = shapes.parse_prototxt(generated)
-    ref_inputs = shapes.net_inputs(ref_net)
+    ref_net = parse_prototxt(reference)
+    gen_net = parse_prototxt(generated)
+    ref_inputs = net_inputs(ref_net)
     ref = [l for l in shapes.infer(ref_net, bn_blobs=bn_blobs)
            if l.type != "Input" and l.type not in ignore_ref_types]
     ref_inputs.update({t: s for l in shapes.infer(ref_net, bn_blobs=bn_blobs)
@@ -58,7 +59,7 @@ def compare(generated, reference, ignore_ref_types=("SoftmaxWithLoss",),
     gen = [l for l in gen_all if l.type != "Input"]
     diffs = []
     gen_inputs = {t: s for l in gen_all if l.type == "Input" for t, s in zip(l.tops, l.top_shapes)}
-    gen_inputs.update(shapes.net_inputs(gen_net))
+    gen_inputs.update(net_inputs(gen_net))
     for blob, shape in ref_inputs.items():
         if blob in gen_inputs and gen_inputs[blob] != shape:
             diffs.append("input %s: %s vs reference %s" % (blob, gen_inputs[blob], shape))

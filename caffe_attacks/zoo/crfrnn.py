@@ -19,7 +19,8 @@ MODELS = [
               ("MultiStageMeanfield", "Crop"), 513.0),
 ]
 
-# multi_stage_meanfield_param of the VOC deploy (ZOO.md 1.5)
+# multi_stage_meanfield_param of the VOC deploy (torrvision/crfasrnn,
+# python-scripts/TVG_CRFRNN_new_deploy.prototxt)
 MEANFIELD = dict(num_iterations=10, theta_alpha=160.0, theta_beta=3.0, theta_gamma=3.0,
                  spatial_filter_weight=3.0, bilateral_filter_weight=5.0,
                  compatibility="potts")

@@ -1,8 +1,9 @@
 """DeepLab v2 (VOC): ASPP-L on VGG-16 and ASPP on ResNet-101, single scale.
 
 The official test.prototxt files ship only inside the release zips; these
-follow ZOO.md 3.8: VGG-16 per the official train.prototxt as transcribed by a
-port that cites it, ResNet-101 per DrSleep's Caffe deploy (MSRA names,
+follow the public descriptions: VGG-16 per the official train.prototxt as
+transcribed by a port that cites it, ResNet-101 per the Caffe deploy in
+DrSleep/tensorflow-deeplab-resnet ``misc/deploy.prototxt`` (MSRA names,
 BatchNorm + Scale, res4 dilation 2, res5 dilation 4).
 
 Score blob (see docs/FIDELITY.md): the logits upsampled by ``Interp`` zoom 8

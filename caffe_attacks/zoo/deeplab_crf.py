@@ -21,7 +21,7 @@ its ``param_str`` gives, which are DeepLab's kernel weights. See
 docs/FIDELITY.md, "CRF-RNN mean-field".
 """
 from caffe_attacks.zoo import ModelSpec
-from caffe_attacks.zoo.netspec_tools import MEANFIELD_MODULE
+from caffe_attacks.zoo.netspec_tools import MEANFIELD_MODULE, net_parameter
 
 # +crf name -> (base zoo model, the base's logits at data size)
 BASES = {
@@ -59,10 +59,9 @@ def build(spec, input_hw, num_iterations=None, **options):
     """
     from caffe_attacks import zoo
     from caffe_attacks.layers.meanfield import deeplab_crf_layer
-    from caffe_attacks.zoo.multiscale import _parse
 
     base, logits = BASES[spec.name]
-    net = _parse(zoo.build(base, input_hw=input_hw, **options))
+    net = net_parameter(zoo.build(base, input_hw=input_hw, **options))
     crf = deeplab_crf_layer(spec.num_classes)
     param_str = crf["param_str"]
     if num_iterations is not None:

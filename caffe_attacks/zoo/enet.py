@@ -1,8 +1,8 @@
 """ENet (TimoSaemann/ENet) for Cityscapes at 512x1024.
 
 Writes ``prototxts/enet_deploy_final.prototxt`` (BN and spatial dropout
-folded into the convolutions; the deploy of ``cityscapes_weights.caffemodel``,
-ZOO.md section 3.1) layer for layer, with the fork's 2-blob inference ``BN``
+folded into the convolutions; the deploy of ``cityscapes_weights.caffemodel``)
+layer for layer, with the fork's 2-blob inference ``BN``
 and max-unpooling ``Upsample`` as our Python layers.
 
 Architecture

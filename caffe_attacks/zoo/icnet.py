@@ -2,7 +2,7 @@
 
 Writes ``evaluation/prototxt/icnet_cityscapes.prototxt`` (BN folded into the
 convolutions, every conv with a bias; the deploy of the paper's
-``icnet_cityscapes_train_30k.caffemodel``, ZOO.md section 3.2) layer for
+``icnet_cityscapes_train_30k.caffemodel``) layer for
 layer; ``bn_merged=False`` writes the ``_bnnomerge`` twin instead (bias-free
 convs, each followed by the fork's 4-blob ``<conv>/bn``).
 
@@ -30,11 +30,12 @@ reference size; elsewhere PSPNet's tiling rule (``stride = f // b``,
 ``kernel = f - (b - 1) stride``), which reproduces every deploy value but
 bin 3's (11/11 and 21/23 instead of 13/10 and 25/20).
 """
+from caffe_attacks.caffe_geometry import conv_output_size, interp_output_size, pool_output_size
 from caffe_attacks.zoo import ModelSpec
 from caffe_attacks.zoo.netspec_tools import (
     L, conv, data_input, eltwise_sum, interp, net_spec, relu)
 from caffe_attacks.zoo.pspnet import (
-    ave_pool_hw, bottleneck, conv_bn, conv_extent, deep_stem, pool_extent, pyramid_window)
+    ave_pool_hw, bottleneck, conv_bn, deep_stem, pyramid_window)
 
 MODELS = [
     ModelSpec(name="icnet_cityscapes", family="icnet", dataset="cityscapes",
@@ -69,18 +70,24 @@ def branch_sizes(input_size):
         ``conv3_1`` (1/16 of the input, half-resolution branch), ``conv5_3``
         (1/32), ``conv3_sub1`` (1/8, full-resolution branch).
     """
-    sub2 = (input_size - 1) // 2 + 1                     # Interp shrink 2
-    size = conv_extent(sub2, 3, stride=2, pad=1)         # conv1_1_3x3_s2
-    size = pool_extent(size, 3, 2, 1)                    # pool1_3x3_s2
-    conv3_1 = conv_extent(size, 1, stride=2)             # conv3_1_1x1_reduce
+    sub2 = _interp_side(input_size, shrink_factor=2)           # data_sub2
+    size = conv_output_size(sub2, 3, stride=2, pad=1)          # conv1_1_3x3_s2
+    size = pool_output_size(size, 3, stride=2, pad=1)          # pool1_3x3_s2
+    conv3_1 = conv_output_size(size, 1, stride=2)              # conv3_1_1x1_reduce
     sub1 = input_size
-    for _ in range(3):                                   # conv1_sub1 .. conv3_sub1
-        sub1 = conv_extent(sub1, 3, stride=2, pad=1)
-    return dict(conv3_1=conv3_1, conv5_3=(conv3_1 - 1) // 2 + 1, conv3_sub1=sub1)
+    for _ in range(3):                                         # conv1_sub1 .. conv3_sub1
+        sub1 = conv_output_size(sub1, 3, stride=2, pad=1)
+    return dict(conv3_1=conv3_1, conv5_3=_interp_side(conv3_1, shrink_factor=2),
+                conv3_sub1=sub1)
+
+
+def _interp_side(size, **params):
+    """One side of an Interp output (the rule is the same on both axes)."""
+    return interp_output_size(size, size, params)[2]
 
 
 def _zoom2(size):
-    return 2 * size - 1
+    return _interp_side(size, zoom_factor=2)
 
 
 def check_input(input_hw):

@@ -1,7 +1,7 @@
 """Multiscale (MSC) nets: any zoo model run at several input scales, fused.
 
 The zoo family ``multiscale`` registers the released DeepLab v2 ResNet-101
-MSC net (ZOO.md 3.8, ATTACKS.md 5); :func:`multiscale_net` wraps *any* zoo
+MSC net (deeplab-public-ver2); :func:`multiscale_net` wraps *any* zoo
 model the same way, which is how FCN-8s is made multiscale at test time
 (supplementary A4.2) and how the single-scale members of either are
 addressed for the transfer study (:func:`parse_member`, ``NAME@0.5``).
@@ -39,7 +39,7 @@ Structure of the generated net, for scales ``(1, 0.75, 0.5)``::
   DeepLab's Interp zoom 8) are applied once, to the fused blob.
 
 Layer names of DeepLab's official MSC test prototxt could not be verified
-(ZOO.md section 5); the fused blob ``fc_fusion`` follows DeepLab v2's MSC
+(it ships only inside the release zip on liangchiehchen.com); the fused blob ``fc_fusion`` follows DeepLab v2's MSC
 training definitions. See docs/FIDELITY.md, "Multiscale and transfer".
 """
 import json
@@ -48,8 +48,10 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Optional, Tuple
 
+from caffe_attacks.caffe_geometry import interp_output_size, net_inputs, parse_prototxt
 from caffe_attacks.zoo import ModelSpec
 from caffe_attacks.zoo import shapes
+from caffe_attacks.zoo.netspec_tools import caffe_pb2, net_parameter, net_text
 
 SCALES = (1.0, 0.75, 0.5)
 FUSIONS = ("max", "avg")
@@ -145,25 +147,8 @@ def _check_scale(scale):
     return scale
 
 
-def _caffe_pb2():
-    from caffe.proto import caffe_pb2
-    return caffe_pb2
-
-
-def _parse(text):
-    from google.protobuf import text_format
-    net = _caffe_pb2().NetParameter()
-    text_format.Merge(text, net)
-    return net
-
-
-def _to_text(net):
-    from google.protobuf import text_format
-    return text_format.MessageToString(net)
-
-
 def _interp_layer(name, bottom, top, params):
-    layer = _caffe_pb2().LayerParameter()
+    layer = caffe_pb2().LayerParameter()
     layer.name, layer.type = name, "Python"
     layer.bottom.append(bottom)
     layer.top.append(top)
@@ -174,8 +159,8 @@ def _interp_layer(name, bottom, top, params):
 
 def _blob_shapes(net):
     """{blob: shape} after every layer of ``net`` (shape inference, no Caffe)."""
-    parsed = shapes.parse_prototxt(_to_text(net))
-    out = dict(shapes.net_inputs(parsed))
+    parsed = parse_prototxt(net_text(net))
+    out = dict(net_inputs(parsed))
     for layer in shapes.infer(parsed):
         out.update(zip(layer.tops, layer.top_shapes))
     return out
@@ -189,7 +174,7 @@ def _resize_params(src_hw, dst_hw):
         params = {"zoom_factor": ratio.numerator}
         if ratio.denominator > 1:
             params["shrink_factor"] = ratio.denominator
-        if tuple(shapes.interp_shape((1, 1) + tuple(src_hw), params)[2:]) == tuple(dst_hw):
+        if interp_output_size(src_hw[0], src_hw[1], params)[2:] == tuple(dst_hw):
             return params
     return {"height": int(dst_hw[0]), "width": int(dst_hw[1])}
 
@@ -253,7 +238,7 @@ def multiscale_net(base, input_hw=None, scales=SCALES, fusion="max", fuse_blob=N
         raise ValueError("%s is already multiscale; wrap its base %s"
                          % (base, RECIPES[base].base))
     hw = tuple(int(v) for v in (input_hw or spec.reference_input))
-    base_net = _parse(zoo.build(base, input_hw=hw, **options))
+    base_net = net_parameter(zoo.build(base, input_hw=hw, **options))
     ms = wrap(base_net, spec.input_blob, spec.score_blob, scales, fusion,
               fuse_blob or DEFAULT_FUSE_BLOB.get(base, spec.score_blob), fused_blob)
     ms.net.name = "%s_msc" % base
@@ -277,7 +262,7 @@ def wrap(base_net, input_blob, score_blob, scales=SCALES, fusion="max", fuse_blo
     MultiscaleNet
     """
     if isinstance(base_net, str):
-        base_net = _parse(base_net)
+        base_net = net_parameter(base_net)
     if fusion not in FUSIONS:
         raise ValueError("fusion must be one of %s, got %r" % (FUSIONS, fusion))
     scales = tuple(_check_scale(s) for s in scales)
@@ -291,10 +276,10 @@ def wrap(base_net, input_blob, score_blob, scales=SCALES, fusion="max", fuse_blo
     body = [l for l in layers if l.type != "Input"]
     trunk, head = _split_at(body, fuse_blob, input_blob)
     param_counts = {l.name: len(l.param_shapes)
-                    for l in shapes.infer(shapes.parse_prototxt(_to_text(base_net)))}
+                    for l in shapes.infer(parse_prototxt(net_text(base_net)))}
     grid = _blob_shapes(base_net)[fuse_blob][2:]
 
-    net = _caffe_pb2().NetParameter()
+    net = caffe_pb2().NetParameter()
     net.name = base_net.name
     net.layer.extend(inputs)
     scale_blobs, suffixes = [], []
@@ -335,7 +320,7 @@ def wrap(base_net, input_blob, score_blob, scales=SCALES, fusion="max", fuse_blo
         layer.name, layer.type = fused, "Eltwise"
         layer.bottom.extend(scale_blobs)
         layer.top.append(fused)
-        P = _caffe_pb2().EltwiseParameter
+        P = caffe_pb2().EltwiseParameter
         if fusion == "max":
             layer.eltwise_param.operation = P.MAX
         else:
@@ -433,7 +418,7 @@ def member_net(member, input_hw=None, **options):
     ms = multiscale_net(member.base, input_hw, scales=member.scales, fusion=member.fusion,
                         fuse_blob=member.fuse_blob, fused_blob=member.fused_blob, **options)
     ms.net.name = member.label
-    return zoo.header_line("multiscale") + "\n" + _to_text(ms.net), ms
+    return zoo.header_line("multiscale") + "\n" + net_text(ms.net), ms
 
 
 def shared_param_count(prototxt):
@@ -442,7 +427,7 @@ def shared_param_count(prototxt):
     :func:`caffe_attacks.zoo.shapes.param_count` counts every layer's blobs;
     a multiscale net stores one copy of the trunk (Table A4: 168.4 MiB).
     """
-    net = shapes.parse_prototxt(prototxt)
+    net = parse_prototxt(prototxt)
     seen, total = set(), 0
     layers = {l.get("name", [""])[-1]: l for l in net.get("layer", [])}
     for inferred in shapes.infer(net):

@@ -18,8 +18,6 @@ The non-BVLC layers of the original forks are Python layers of
 import importlib
 import json
 
-from caffe_attacks.zoo.shapes import param_count  # noqa: F401  (re-exported)
-
 
 class _LazyCaffe:
     """``caffe.<attr>`` resolved on first attribute access."""
@@ -39,6 +37,24 @@ P = _LazyCaffe("params")
 def net_spec():
     """A fresh ``caffe.NetSpec``."""
     return importlib.import_module("caffe").NetSpec()
+
+
+def caffe_pb2():
+    """pycaffe's ``caffe.proto.caffe_pb2`` (the NetParameter message classes)."""
+    return importlib.import_module("caffe.proto.caffe_pb2")
+
+
+def net_parameter(text):
+    """A ``caffe_pb2.NetParameter`` from prototxt text (BVLC fields only)."""
+    text_format = importlib.import_module("google.protobuf.text_format")
+    net = caffe_pb2().NetParameter()
+    text_format.Merge(text, net)
+    return net
+
+
+def net_text(net):
+    """Prototxt text of a ``caffe_pb2.NetParameter``, as protobuf writes it."""
+    return importlib.import_module("google.protobuf.text_format").MessageToString(net)
 
 
 # param specs as in the original deploys: weights lr 1, biases lr 2 / no decay
@@ -119,13 +135,6 @@ def max_pool(bottom, ks=2, stride=2, pad=0, ntop=1, **kwargs):
     return L.Pooling(bottom, pooling_param=pp, ntop=ntop, **kwargs)
 
 
-def ave_pool(bottom, ks, stride, pad=0, **kwargs):
-    pp = dict(pool=P.Pooling.AVE, kernel_size=ks, stride=stride)
-    if pad:
-        pp["pad"] = pad
-    return L.Pooling(bottom, pooling_param=pp, **kwargs)
-
-
 def deconv(bottom, nout, ks, stride, group=1, bias=False, param=None, **kwargs):
     """Deconvolution (bias-free and frozen, i.e. fixed bilinear, by default)."""
     cp = dict(num_output=int(nout), kernel_size=ks, stride=stride)
@@ -148,10 +157,6 @@ def crop(bottom, like, offset, axis=2, **kwargs):
 
 def eltwise_sum(*bottoms, **kwargs):
     return L.Eltwise(*bottoms, eltwise_param=dict(operation=P.Eltwise.SUM), **kwargs)
-
-
-def eltwise_max(*bottoms, **kwargs):
-    return L.Eltwise(*bottoms, eltwise_param=dict(operation=P.Eltwise.MAX), **kwargs)
 
 
 def python_layer(module, cls, params, bottoms, ntop=1, **kwargs):

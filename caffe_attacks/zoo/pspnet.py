@@ -2,7 +2,7 @@
 
 Straight-line NetSpec code that writes the deploy definitions
 ``evaluation/prototxt/pspnet101_{VOC2012_473,cityscapes_713}.prototxt``
-layer for layer (ZOO.md section 3.3): same layer names and order, same blob
+layer for layer: same layer names and order, same blob
 names, the fork's ``BN`` (4 blobs) and ``Interp`` as our Python layers.
 
 Architecture
@@ -27,6 +27,7 @@ the original's ``kernel = stride = f / b`` whenever ``b`` divides ``f``
 i.e. an input of at least 41 pixels. The logits are ``8 f - 7`` pixels per
 side: the input size itself exactly when ``H = 8k + 1`` (473, 713, 41, 89).
 """
+from caffe_attacks.caffe_geometry import conv_output_size, pool_output_size
 from caffe_attacks.zoo import ModelSpec
 from caffe_attacks.zoo.netspec_tools import (
     L, P, conv, data_input, dropout, eltwise_sum, interp, max_pool, net_spec, psp_bn,
@@ -146,33 +147,19 @@ def pyramid_window(feature, bins):
                          % (bins, bins, feature))
     stride = feature // bins
     kernel = feature - (bins - 1) * stride
-    if pool_extent(feature, kernel, stride, 0) != bins:     # guard the arithmetic
+    if pool_output_size(feature, kernel, stride) != bins:     # guard the arithmetic
         raise AssertionError("pyramid window %d/%d over %d gives the wrong bin count"
                              % (kernel, stride, feature))
     return kernel, stride
-
-
-def pool_extent(size, ks, stride, pad=0):
-    """Caffe pooling output length (ceil rule; a last window starting in the
-    padding is dropped)."""
-    out = -(-(size + 2 * pad - ks) // stride) + 1
-    if pad and (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
-
-
-def conv_extent(size, ks, stride=1, pad=0, dilation=1):
-    """Caffe convolution output length (floor rule)."""
-    return (size + 2 * pad - (dilation * (ks - 1) + 1)) // stride + 1
 
 
 # ------------------------------------------------------------ PSPNet itself
 
 def feature_size(input_size):
     """Side of the stride-8 feature map (conv5_3) for one input side."""
-    size = conv_extent(input_size, 3, stride=2, pad=1)     # conv1_1_3x3_s2
-    size = pool_extent(size, 3, 2, 1)                      # pool1_3x3_s2
-    return conv_extent(size, 3, stride=2, pad=1)            # conv3_1_3x3
+    size = conv_output_size(input_size, 3, stride=2, pad=1)    # conv1_1_3x3_s2
+    size = pool_output_size(size, 3, stride=2, pad=1)          # pool1_3x3_s2
+    return conv_output_size(size, 3, stride=2, pad=1)          # conv3_1_3x3
 
 
 def pyramid_geometry(input_hw, bins=PYRAMID_BINS):

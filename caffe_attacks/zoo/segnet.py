@@ -6,6 +6,7 @@ each pool (identity at test); MAX pools that also emit the argmax mask.
 Decoder: ``Upsample`` (max-unpooling by the mask) and mirrored conv/BN/ReLU;
 ``conv1_1_D`` gives the logits, ``prob`` their Softmax. Input 224x224.
 """
+from caffe_attacks.caffe_geometry import pool_output_size
 from caffe_attacks.zoo import ModelSpec
 from caffe_attacks.zoo.netspec_tools import (
     L, channels, conv, data_input, dropout, max_pool, net_spec, relu, scale_shift_bn,
@@ -47,7 +48,7 @@ def segnet(input_hw, num_classes, width_mult=1.0):
         n["pool%d" % stage], n["pool%d_mask" % stage] = max_pool(
             n["pool%d_drop" % stage], ntop=2)
         sizes.append((h, wd))
-        h, wd = -(-h // 2), -(-wd // 2)
+        h, wd = pool_output_size(h, 2, stride=2), pool_output_size(wd, 2, stride=2)
         top = n["pool%d" % stage]
     for stage, nconv, nout in reversed(ENCODER):
         n["upsample%d_drop" % stage] = dropout(top)

@@ -3,7 +3,7 @@
 Never runs a network. A table definition (experiments/README.md) becomes a
 ``Table`` of ``Value``s, each holding the paper's number, ours and the
 difference; ours comes from the store's records of the configuration that
-answers the cell's query (experiments.find_config). Within a row, every cell
+answers the cell's query (experiments.queries.find_config). Within a row, every cell
 of one model is summarised over the same images (those all its
 configurations have), so a clean column and an attacked one never mix image
 sets; a row over fewer images than the full split is marked partial.
@@ -13,7 +13,10 @@ import io
 import os
 from dataclasses import dataclass, field
 
-from caffe_attacks.experiments import FULL_SPLIT_SIZE, expand_columns, find_config, table_cells
+from caffe_attacks import zoo
+from caffe_attacks.experiments.definitions import FULL_SPLIT_SIZE, expand_columns, table_cells
+from caffe_attacks.experiments.queries import find_config
+from caffe_attacks.zoo.shapes import param_count
 
 METRICS = {
     # name: (function of a store summary, default format)
@@ -123,8 +126,6 @@ def build(defn, store, limit=None, ids=None):
 
 def _build_params(defn):
     """Table A4: parameter MB from the committed prototxt (4-byte floats, 2**20 bytes)."""
-    from caffe_attacks import zoo
-    from caffe_attacks.zoo.shapes import param_count
     cols = [c["label"] for c in defn["columns"]]
     values, notes = [], []
     for row in defn["rows"]:

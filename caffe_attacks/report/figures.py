@@ -6,7 +6,7 @@ Never runs a network. One renderer per definition kind (experiments/README.md):
   attack, one line per model; the paper's ratios derived from its absolute-IoU
   tables are drawn dashed beside ours;
 - perturbation (A1): input, perturbation + dataset mean, adversarial image and
-  prediction for several eps, from examples saved by experiments.save_examples;
+  prediction for several eps, from examples saved by experiments.examples;
 - qualitative_grid (A2, A3): predictions under attack, attacks x eps or
   models x eps;
 - crf_sweep (A9-A11), crf_confidence (A13, A14), crf_deeplab (A12) and
@@ -22,7 +22,11 @@ import os
 import numpy as np
 
 from caffe_attacks.attacks import PAPER_NAMES
-from caffe_attacks.experiments import EXPERIMENTS_DIR, ExperimentError, find_config, load
+from caffe_attacks.experiments.definitions import (EXPERIMENTS_DIR, ExperimentError,
+                                                   crf_variant_query, load, sweep_points)
+from caffe_attacks.experiments.examples import example_path
+from caffe_attacks.experiments.queries import find_config
+from caffe_attacks.visualize import colorize, perturbation_image
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +161,6 @@ def render_iou_ratio_curves(defn, store, out_dir, experiments_dir=EXPERIMENTS_DI
 
 
 def _load_examples(examples_dir, exp_id, model):
-    from caffe_attacks.experiments import example_path
     path = example_path(examples_dir, exp_id, model)
     if not os.path.exists(path):
         return None
@@ -175,7 +178,6 @@ def _missing_figure(defn, out_dir, what):
 
 def render_perturbation(defn, store, out_dir, examples_dir=None, **_):
     """Rows: eps. Columns: input, perturbation (+ mean, x gain), adversarial, prediction."""
-    from caffe_attacks.visualize import colorize, perturbation_image
     plt = _plt()
     ex = _load_examples(examples_dir, defn["id"], defn["model"])
     if ex is None:
@@ -202,7 +204,6 @@ def render_perturbation(defn, store, out_dir, examples_dir=None, **_):
 
 def render_qualitative_grid(defn, store, out_dir, examples_dir=None, **_):
     """One model: rows eps, columns attacks. Several models: rows models, columns eps."""
-    from caffe_attacks.visualize import colorize
     plt = _plt()
     models = defn.get("models") or [defn["model"]]
     attacks = defn.get("attacks") or [defn["attack"]]
@@ -244,41 +245,13 @@ def render_qualitative_grid(defn, store, out_dir, examples_dir=None, **_):
     return _save(fig, out_dir, defn["id"])
 
 
-def _sweep_points(defn):
-    """[(label, crf overrides)] of a crf_sweep definition (one line each)."""
-    sweep = defn["sweep"]
-    names = list(sweep)
-    if defn.get("sweep_mode") == "grid" or len(names) == 1:
-        combos = itertools.product(*[sweep[n] for n in names])
-    else:
-        combos = zip(*[sweep[n] for n in names])
-    return [(", ".join("%s=%g" % (n, v) for n, v in zip(names, c)), dict(zip(names, c)))
-            for c in combos]
-
-
-def _crf_base(defn, overrides):
-    """Store query fields of a CRF variant: the public model itself at the baseline.
-
-    A variant's records carry ``"crf"``: the overrides as given to the runner
-    (``run --crf KEY=VALUE``, caffe_attacks.crf.record_field), with
-    ``"w2_mode"`` beside a ``w2``.
-    """
-    base = {"model": defn["model"], "dataset": defn["dataset"], "split": defn.get("split", "val")}
-    baseline = defn.get("baseline", {})
-    if overrides and any(baseline.get(k) != v for k, v in overrides.items()):
-        base["crf"] = dict(overrides)
-        if "w2" in overrides:
-            base["crf"]["w2_mode"] = defn.get("w2_mode", "scale_learned")
-    return base
-
-
 def render_crf_sweep(defn, store, out_dir, **_):
     plt = _plt()
     eps = [float(e) for e in defn["eps"] if e]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     shown = 0
-    for label, overrides in _sweep_points(defn):
-        base = _crf_base(defn, overrides)
+    for label, overrides in sweep_points(defn):
+        base = crf_variant_query(defn, overrides)
         ratios, n = ratio_curve(store, base, defn["attack"], eps)
         if np.isfinite(ratios).any():
             ax.plot(eps, ratios, "o-", ms=3, label="%s (n=%d)" % (label, n))
@@ -313,8 +286,8 @@ def render_crf_confidence(defn, store, out_dir, experiments_dir=EXPERIMENTS_DIR,
             sweep = load(sweep_id, experiments_dir)
         except ExperimentError:
             continue
-        for label, overrides in _sweep_points(sweep):
-            base = _crf_base(sweep, overrides)
+        for label, overrides in sweep_points(sweep):
+            base = crf_variant_query(sweep, overrides)
             if "crf" in base:
                 series.append(("%s %s" % (sweep["model"], label), base))
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -338,7 +311,8 @@ def render_crf_confidence(defn, store, out_dir, experiments_dir=EXPERIMENTS_DIR,
     return _save(fig, out_dir, defn["id"])
 
 
-def _source_field(source, target):
+def transfer_query_fields(source, target):
+    """A transfer line's extra query fields: its source, none on the white-box diagonal."""
     return {} if source == target else {"source": {"model": source}}
 
 
@@ -350,7 +324,7 @@ def render_crf_deeplab(defn, store, out_dir, **_):
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, p in zip(axes[0], panels):
         lines = [("%s from %s" % (p["target"], p["source"]), p["target"],
-                  _source_field(p["source"], p["target"]))]
+                  transfer_query_fields(p["source"], p["target"]))]
         if p.get("compare"):
             lines.append((p["compare"], p["compare"], {}))
         if p.get("compare_white_box"):

@@ -1,0 +1,101 @@
+"""``python -m caffe_attacks.experiments table|figure|list|check NAMES``: run, then render.
+
+A thin CLI: what a table or figure needs runs through
+:func:`caffe_attacks.experiments.ensure` (resumably), then
+:func:`caffe_attacks.report.render` writes it from the store.
+"""
+import argparse
+import os
+import sys
+
+from caffe_attacks.cli import run_cli
+from caffe_attacks.errors import UsageError
+from caffe_attacks.experiments import (EXPERIMENTS_DIR, check_job, ensure, list_ids, load,
+                                       normalize_id, plan, queries_of)
+from caffe_attacks.report import render
+
+RESUME_HINT = "finished images are saved: run the same command to resume"
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m caffe_attacks.experiments",
+        description="Run what a supplementary table or figure needs (resumably), then render "
+                    "it beside the paper's values.")
+    p.add_argument("what", choices=("table", "figure", "list", "check"))
+    p.add_argument("names", nargs="*", help="A5, table_A5, fig_A4 ... or 'all'")
+    p.add_argument("--results", default="results", help="results folder (store.h5 inside)")
+    p.add_argument("--store", default=None, help="results store (default RESULTS/store.h5)")
+    p.add_argument("--voc-dir", default=None)
+    p.add_argument("--cityscapes-dir", default=None)
+    p.add_argument("--synthetic-dir", default=None)
+    p.add_argument("--weights-dir", default="weights")
+    p.add_argument("--limit", type=int, default=None, help="first N images only (partial)")
+    p.add_argument("--no-run", action="store_true", help="render from the store only")
+    p.add_argument("--gpu", type=int, default=None)
+    p.add_argument("--experiments", default=str(EXPERIMENTS_DIR), help=argparse.SUPPRESS)
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def _ids(what, names, directory):
+    prefix = "table" if what == "table" else "fig"
+    if names in (["all"], []):
+        return list_ids(prefix, directory)
+    return [normalize_id(n, prefix) for n in names]
+
+
+def _one(defn, args, data_dirs, store_path):
+    """Run (unless --no-run or check) and render one definition; returns its exit status."""
+    status = 0
+    if args.what == "check":
+        for job in plan(queries_of(defn)):
+            for m in check_job(job, data_dirs, args.weights_dir):
+                print("missing (%s): %s" % (defn["id"], m.message))
+                status = 2
+        return status
+    if not args.no_run:
+        report = ensure(defn, store_path, data_dirs, args.weights_dir, args.limit,
+                        progress=not args.quiet, gpu=args.gpu, experiments_dir=args.experiments)
+        for m in report.missing:
+            print("missing (%s): %s" % (defn["id"], m.message), file=sys.stderr)
+        for note in report.notes:
+            print("note: %s" % note, file=sys.stderr)
+        for what, msg in report.failed:
+            print("failed (%s): %s: %s" % (defn["id"], what, msg), file=sys.stderr)
+        if report.missing or report.failed:
+            status = 2
+    out = render(defn, store_path, args.results, limit=args.limit,
+                 experiments_dir=args.experiments)
+    if out.markdown is not None and not args.quiet:
+        print(out.markdown)
+    for path in out.paths:
+        print("wrote %s" % path)
+    return status
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+
+    def body():
+        if args.limit is not None and args.limit <= 0:
+            raise UsageError("LIMIT must be positive")
+        if args.what == "list":
+            for i in list_ids(directory=args.experiments):
+                d = load(i, args.experiments)
+                print("%-10s %-18s %s" % (i, d["kind"], d.get("title") or d.get("caption", "")))
+            return 0
+        defns = [load(i, args.experiments) for i in _ids(args.what, args.names, args.experiments)]
+        data_dirs = {"voc": args.voc_dir, "cityscapes": args.cityscapes_dir,
+                     "synthetic": args.synthetic_dir}
+        store_path = args.store or os.path.join(args.results, "store.h5")
+        status = 0
+        for defn in defns:
+            status = max(status, _one(defn, args, data_dirs, store_path))
+        return status
+
+    return run_cli(body, resume_hint=RESUME_HINT)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

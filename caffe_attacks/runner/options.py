@@ -1,0 +1,137 @@
+"""RunOptions: every option of a run, typed, with its default and its check in one place.
+
+The CLIs (``run``, ``transfer``) turn argparse's namespace into a RunOptions;
+the experiments build one directly. Construction validates and normalises
+(eps to floats, CRF overrides to their canonical types), so a RunOptions that
+exists is usable; bad values raise :class:`~caffe_attacks.errors.UsageError`
+naming the command-line option.
+"""
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Tuple
+
+from caffe_attacks.attacks import ATTACKS, PAPER_EPS, validate_eps
+# the one import of the dataset-kind list for the runner and its CLIs
+from caffe_attacks.datasets import DATASET_KINDS
+from caffe_attacks.errors import UsageError
+from caffe_attacks.runner import registry
+
+ENGINES = ("caffe", "torch")
+# as caffe_attacks.layers.meanfield.W2_MODES; that module needs pycaffe, which
+# must not load before --blas-threads takes effect (so crf is imported lazily)
+W2_MODES = ("scale_learned", "replace_diagonal")
+IFGSM_LL_TARGETS = ("current", "clean")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What to attack, how, on which data and where the results go.
+
+    Model (one of): ``model`` (zoo name, ``NAME+crf``, ``NAME@VARIANT``) or
+    ``prototxt`` [+ ``weights``]; ``protocol`` is input-protocol JSON text or
+    a JSON file (default: the manifest's). ``crf``: overrides of the net's
+    MultiStageMeanfield layer ({key: value}, or ``["KEY=VALUE", ...]``).
+    Attacks: registry names (:mod:`caffe_attacks.runner.registry`); eps and
+    alpha in 0..255 pixel units.
+    """
+    # model
+    model: Optional[str] = None
+    prototxt: Optional[str] = None
+    weights: Optional[str] = None
+    weights_dir: str = "weights"
+    allow_unverified: bool = False
+    input_blob: Optional[str] = None
+    score_blob: Optional[str] = None
+    protocol: Optional[str] = None
+    engine: str = "caffe"
+    gpu: Optional[int] = None
+    device: Optional[str] = None
+    crf: Mapping[str, float] = field(default_factory=dict)
+    crf_w2_mode: str = "scale_learned"
+    blas_threads: Optional[int] = None
+    # data
+    dataset: Optional[str] = None
+    data_dir: Optional[str] = None
+    split: str = "val"
+    limit: Optional[int] = None
+    skip_bad: bool = False
+    # attacks
+    attacks: Tuple[str, ...] = ATTACKS        # the paper's four; any registered name works
+    eps: Tuple[float, ...] = PAPER_EPS
+    alpha: float = 1.0
+    ifgsm_ll_target: str = "current"
+    batch_eps: bool = False
+    batch_images: int = 1
+    clip_to_image: bool = False
+    # output
+    out: str = "results/results.h5"
+    summary: Optional[str] = None
+    save_examples: Optional[Tuple[str, int]] = None     # (directory, number of images)
+    quiet: bool = False
+
+    def __post_init__(self):
+        def set_(name, value):
+            object.__setattr__(self, name, value)
+
+        if self.limit is not None and self.limit <= 0:
+            raise UsageError("--limit must be positive")
+        if self.batch_images is None or self.batch_images < 1:
+            raise UsageError("--batch-images must be at least 1")
+        if self.batch_images > 1 and self.batch_eps:
+            raise UsageError("--batch-eps and --batch-images cannot be combined "
+                             "(an eps batch holds one image)")
+        if self.blas_threads is not None and self.blas_threads < 1:
+            raise UsageError("--blas-threads must be at least 1")
+        if self.engine not in ENGINES:
+            raise UsageError("unknown engine %r (caffe or torch)" % self.engine)
+        if self.dataset is not None and self.dataset not in DATASET_KINDS:
+            raise UsageError("unknown dataset kind %r (one of %s)"
+                             % (self.dataset, ", ".join(DATASET_KINDS)))
+        if self.ifgsm_ll_target not in IFGSM_LL_TARGETS:
+            raise UsageError("--ifgsm-ll-target must be one of %s" % ", ".join(IFGSM_LL_TARGETS))
+        if self.crf_w2_mode not in W2_MODES:
+            raise UsageError("--crf-w2-mode must be one of %s" % ", ".join(W2_MODES))
+        for a in self.attacks:
+            registry.entry(a)
+        set_("attacks", tuple(self.attacks))
+        try:
+            set_("eps", tuple(validate_eps(self.eps)))
+        except ValueError as e:
+            raise UsageError("bad --eps: %s" % e) from None
+        if self.crf:
+            from caffe_attacks import crf as crf_variants
+            try:
+                overrides = self.crf if isinstance(self.crf, Mapping) else \
+                    crf_variants.parse_overrides(self.crf)
+                set_("crf", crf_variants.normalize_overrides(overrides))
+            except crf_variants.CrfError as e:
+                raise UsageError("bad --crf: %s" % e) from None
+        else:
+            set_("crf", {})
+        if self.save_examples is not None:
+            directory, count = self.save_examples
+            try:
+                count = int(count)
+            except (TypeError, ValueError):
+                raise UsageError("--save-examples DIR K: K must be an integer") from None
+            if count < 0:
+                raise UsageError("--save-examples DIR K: K must be >= 0")
+            set_("save_examples", (str(directory), count))
+
+    def replace(self, **changes):
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def summary_prefix(self):
+        """Where the summary .json/.csv go: --summary, or --out without .h5."""
+        if self.summary:
+            return self.summary
+        return self.out[:-3] if self.out.endswith(".h5") else self.out
+
+    def crf_record(self):
+        """The records' "crf" field: the overrides (+ w2_mode with w2), None without any."""
+        if not self.crf:
+            return None
+        from caffe_attacks import crf as crf_variants
+        return crf_variants.record_field(self.crf, self.crf_w2_mode)
