@@ -15,7 +15,7 @@ import logging
 
 import numpy as np
 
-from . import KINDS, open_dataset
+from . import DATASET_KINDS, open_dataset
 from .labels import VOID
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m caffe_attacks.datasets.class_weights",
         description="Inverse class-frequency weights (MCE-Bal) from training label files.")
-    parser.add_argument("--dataset", choices=KINDS, required=True)
+    parser.add_argument("--dataset", choices=DATASET_KINDS, required=True)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--split", default="train")
     parser.add_argument("--out", required=True, help="JSON file to write")
