@@ -43,7 +43,13 @@ def iterations_of(options, attack):
 
 
 def default_class_weights(options):
-    """The committed or user-made table for the run's dataset (a file name in caffe_attacks/data)."""
+    """The table for the run's dataset (a file name in caffe_attacks/data); None without one.
+
+    Without a dataset (the defaults a store query starts from) there is no
+    table, so a query that names none matches whichever the run used.
+    """
+    if options.dataset is None:
+        return None
     if options.dataset == "synthetic":
         fmt = "voc"
         meta = os.path.join(options.data_dir or "", "synthetic.json")
@@ -52,7 +58,7 @@ def default_class_weights(options):
             with open(meta) as f:
                 fmt = json.load(f).get("format", "voc")
         return "class_weights_synthetic_%s.json" % fmt
-    return "class_weights_%s.json" % (options.dataset or "voc")
+    return "class_weights_%s.json" % options.dataset
 
 
 def class_weights_path(name):
@@ -76,8 +82,9 @@ def apgd_record_options(attack):
     def record(options):
         opts = {"clip_to_image": bool(options.strong_clip), "labels": "prediction",
                 "iterations": iterations_of(options, attack), "track": options.apgd_track}
-        if attack == "apgd_mce_bal":
-            opts["class_weights"] = options.class_weights or default_class_weights(options)
+        table = options.class_weights or default_class_weights(options)
+        if attack == "apgd_mce_bal" and table:
+            opts["class_weights"] = table
         return opts
     return record
 
