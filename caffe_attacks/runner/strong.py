@@ -14,6 +14,7 @@ member run is also a SEA run), and :func:`add_sea_records` forms SEA's
 records from the members' stored confusion matrices.
 """
 import hashlib
+import json
 import os
 
 import numpy as np
@@ -54,7 +55,6 @@ def default_class_weights(options):
         fmt = "voc"
         meta = os.path.join(options.data_dir or "", "synthetic.json")
         if options.data_dir and os.path.isfile(meta):
-            import json
             with open(meta) as f:
                 fmt = json.load(f).get("format", "voc")
         return "class_weights_synthetic_%s.json" % fmt
