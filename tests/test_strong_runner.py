@@ -113,3 +113,12 @@ def test_sea_is_formed_from_stored_member_records(data, tmp_path, monkeypatch, s
             start = mean_iou(sum(np.asarray(members[0][i]["cm_adv"]) for i in rows))
             assert sea_miou <= start
             assert sea[1]["options"]["seed"] == 0 and sea[1]["image_set"]["n"] == 3
+
+
+def test_a_class_weight_table_of_another_class_count_is_refused(data, tmp_path):
+    from caffe_attacks.errors import UsageError
+    with pytest.raises(UsageError, match="19 classes, the model 5"):
+        _run(data, tmp_path / "r.h5", ["apgd_mce_bal"],
+             class_weights="class_weights_synthetic_cityscapes.json")
+    with pytest.raises(UsageError, match="not found"):
+        _run(data, tmp_path / "r.h5", ["apgd_mce_bal"], class_weights="no_such_table.json")

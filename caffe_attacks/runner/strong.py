@@ -125,6 +125,10 @@ def pgd_adapter(attack):
 def apgd_adapter(attack):
     def run(model, x, eps_list, *, clip_to_image, labels, iterations, track, class_weights=None):
         weights = load_class_weights(class_weights_path(class_weights)) if class_weights else None
+        classes = getattr(model, "num_classes", None)
+        if weights is not None and classes is not None and weights.size != classes:
+            raise UsageError("class-weight table %s has %d classes, the model %d"
+                             % (class_weights, weights.size, classes))
         cost = apgd_cost({"iterations": iterations})
         out = []
         for e in eps_list:
