@@ -36,6 +36,8 @@ venv:
 	@# The official Cityscapes label table, for a test; its declared dependencies
 	@# (a Python-2 typing backport among them) are not needed for labels.py.
 	@$(PY) -m pip install --quiet --no-deps cityscapesscripts==2.3.0
+	@# SegPGD/CosPGD reference weights for a test; it declares torch (see below).
+	@$(PY) -m pip install --quiet --no-deps cospgd==0.1.3
 	@$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@# The optional torch engine: only a CPU wheel that lies on local disk,
 	@# never a multi-GB CUDA download; without one its tests skip.
@@ -101,11 +103,22 @@ EXPERIMENT_ARGS = --results $(RESULTS) --weights-dir $(WEIGHTS_DIR) \
 	$(if $(LIMIT),--limit $(LIMIT)) $(if $(VOC_DIR),--voc-dir $(VOC_DIR)) \
 	$(if $(CITYSCAPES_DIR),--cityscapes-dir $(CITYSCAPES_DIR)) $(if $(NO_RUN),--no-run) \
 	$(if $(SYNTHETIC_DIR),--synthetic-dir $(SYNTHETIC_DIR))
-.PHONY: demo train-tiny tables figures experiments-list
+.PHONY: demo demo-strong train-tiny tables figures experiments-list
 
 ## demo: attack the embedded tiny_synthetic model (no downloads); results/demo/
 demo: setup
 	$(PY) -m caffe_attacks.demo --limit $(DEMO_LIMIT)
+
+## demo-strong: the stronger attacks (PGD, SegPGD, CosPGD, SEA) on the embedded model; results/demo_strong/
+DEMO_STRONG_LIMIT ?= 4
+DEMO_STRONG_ITERATIONS ?= 50
+demo-strong: setup
+	@[ -d data/synthetic_voc ] || $(PY) -m caffe_attacks.datasets.synthetic --format voc \
+		--out data/synthetic_voc --n 400 --seed 0
+	$(PY) -m caffe_attacks.run --model tiny_synthetic --dataset synthetic \
+		--data-dir data/synthetic_voc --attack ifgsm pgd segpgd cospgd sea --eps 0.5 2 8 \
+		--iterations $(DEMO_STRONG_ITERATIONS) --limit $(DEMO_STRONG_LIMIT) \
+		--out results/demo_strong/results.h5
 
 ## train-tiny: retrain the embedded default model (caffe_attacks/data/tiny_synthetic.caffemodel)
 train-tiny: setup
@@ -118,6 +131,14 @@ table-A%: setup
 ## figure-A4 (A1..A14): run what the store lacks, then write results/figures/fig_A4.{png,pdf}
 figure-A%: setup
 	$(PY) -m caffe_attacks.experiments figure A$* $(EXPERIMENT_ARGS)
+
+## table-B1 / table-B2: the stronger attacks (PGD, SegPGD, CosPGD, SEA) beside the paper's Iterative FGSM
+table-B%: setup
+	$(PY) -m caffe_attacks.experiments table B$* $(EXPERIMENT_ARGS)
+
+## figure-B1 / figure-B2: IoU Ratio against eps, the paper's Iterative FGSM and SEA per model
+figure-B%: setup
+	$(PY) -m caffe_attacks.experiments figure B$* $(EXPERIMENT_ARGS)
 
 ## tables / figures: every table / figure (continues past missing inputs, lists them)
 tables: setup

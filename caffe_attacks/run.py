@@ -83,6 +83,27 @@ def build_parser():
                    help="attack up to N images of one canvas size as a batch (for GPUs)")
     a.add_argument("--clip-to-image", action="store_true",
                    help="also clip adversarial images to valid pixel values (off in the paper's code)")
+    s = p.add_argument_group("stronger attacks (pgd segpgd cospgd apgd_mce apgd_mce_bal apgd_js sea)")
+    s.add_argument("--iterations", type=int, default=None,
+                   help="PGD-family steps (default 100) / APGD and SEA iterations (default 300)")
+    s.add_argument("--restarts", type=int, default=DEFAULTS.restarts,
+                   help="PGD-family random restarts (per image the lowest accuracy is kept)")
+    s.add_argument("--seed", type=int, default=DEFAULTS.seed,
+                   help="random start of the PGD family; SEA's mIoU selection order")
+    s.add_argument("--pgd-alpha", type=float, default=None,
+                   help="PGD-family step in 0..255 units (default 2.5 eps / steps)")
+    s.add_argument("--strong-no-clip", action="store_true",
+                   help="project the strong attacks onto the eps-ball only (the paper's rule) "
+                        "instead of the eps-ball and the valid image box")
+    s.add_argument("--apgd-track", default=DEFAULTS.apgd_track, choices=("ce", "same"),
+                   help="loss APGD's step-size checks track (default plain cross-entropy)")
+    s.add_argument("--class-weights", default=None,
+                   help="MCE-Bal class-weight table (python -m caffe_attacks.datasets."
+                        "class_weights); default: by dataset, in caffe_attacks/data")
+    s.add_argument("--sea-selection", default=DEFAULTS.sea_selection,
+                   choices=("miou", "accuracy"),
+                   help="SEA's per-image choice: greedy lowest dataset mIoU (default) or "
+                        "lowest pixel accuracy")
     o = p.add_argument_group("output")
     o.add_argument("--out", default=DEFAULTS.out, help="results store (HDF5)")
     o.add_argument("--summary", default=None,
@@ -107,7 +128,11 @@ def options_from_args(args):
         cityscapes_image_dtype=args.cityscapes_image_dtype,
         attacks=args.attack, eps=args.eps, alpha=args.alpha,
         ifgsm_ll_target=args.ifgsm_ll_target, batch_eps=args.batch_eps,
-        batch_images=args.batch_images, clip_to_image=args.clip_to_image, out=args.out,
+        batch_images=args.batch_images, clip_to_image=args.clip_to_image,
+        iterations=args.iterations, restarts=args.restarts, seed=args.seed,
+        pgd_alpha=args.pgd_alpha, strong_clip=not args.strong_no_clip,
+        apgd_track=args.apgd_track, class_weights=args.class_weights,
+        sea_selection=args.sea_selection, out=args.out,
         summary=args.summary, save_examples=args.save_examples, quiet=args.quiet)
 
 

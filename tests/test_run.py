@@ -65,7 +65,7 @@ def test_summary_rows_and_files(setup_dir, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--attack", "pgd"], None),                       # argparse choices: exit 2
+    (["--attack", "deepfool"], None),                       # argparse choices: exit 2
     (["--eps", "-1"], "eps"),
     (["--eps", "nan"], "eps"),
     (["--limit", "0"], "limit"),

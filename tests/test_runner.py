@@ -50,7 +50,7 @@ def _options(**kw):
     ({"eps": ()}, "bad --eps"), ({"batch_images": 0}, "--batch-images"),
     ({"batch_images": 2, "batch_eps": True}, "cannot be combined"),
     ({"blas_threads": 0}, "--blas-threads"), ({"engine": "tensorflow"}, "unknown engine"),
-    ({"dataset": "imagenet"}, "unknown dataset kind"), ({"attacks": ("pgd",)}, "unknown attack"),
+    ({"dataset": "imagenet"}, "unknown dataset kind"), ({"attacks": ("deepfool",)}, "unknown attack"),
     ({"crf": ["theta_alfa=1"]}, "bad --crf"), ({"crf_w2_mode": "double"}, "--crf-w2-mode"),
     ({"ifgsm_ll_target": "random"}, "--ifgsm-ll-target"),
     ({"save_examples": ("d", "x")}, "integer"), ({"save_examples": ("d", -1)}, ">= 0"),

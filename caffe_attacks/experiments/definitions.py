@@ -53,9 +53,11 @@ class ExperimentError(UsageError):
 def normalize_id(text, prefix=None):
     """'A5', 'table-A5', 'table_A5', 'tableA5' -> 'table_A5' (prefix 'table' or 'fig').
 
+    The B series (issue 17's stronger attacks) is spelled the same way.
+
     A bare 'A5' needs `prefix`; 'figure' is spelled 'fig' in file names.
     """
-    m = re.fullmatch(r"(?i)(table|fig|figure)?[-_ ]?(a\d+)", text.strip())
+    m = re.fullmatch(r"(?i)(table|fig|figure)?[-_ ]?([ab]\d+)", text.strip())
     if not m:
         return text.strip()
     kind = (m.group(1) or prefix or "").lower()
@@ -66,8 +68,8 @@ def normalize_id(text, prefix=None):
 
 
 def _sort_key(exp_id):
-    m = re.fullmatch(r"(\w+?)_A(\d+)", exp_id)
-    return (m.group(1), int(m.group(2))) if m else (exp_id, 0)
+    m = re.fullmatch(r"(\w+?)_([AB])(\d+)", exp_id)
+    return (m.group(1), m.group(2), int(m.group(3))) if m else (exp_id, "", 0)
 
 
 def list_ids(kind=None, directory=EXPERIMENTS_DIR):

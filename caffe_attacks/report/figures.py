@@ -21,11 +21,11 @@ import os
 
 import numpy as np
 
-from caffe_attacks.attacks import PAPER_NAMES
 from caffe_attacks.experiments.definitions import (EXPERIMENTS_DIR, ExperimentError,
                                                    crf_variant_query, load, sweep_points)
 from caffe_attacks.experiments.examples import example_path
 from caffe_attacks.experiments.queries import find_config
+from caffe_attacks.strong_attacks import ATTACK_NAMES
 from caffe_attacks.visualize import colorize, perturbation_image
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def render_iou_ratio_curves(defn, store, out_dir, experiments_dir=EXPERIMENTS_DI
             model, attack = (p, q) if by_model else (q, p)
             base = {"model": model, "dataset": defn["dataset"], "split": defn.get("split", "val")}
             ours, n = ratio_curve(store, base, attack, eps, ids=ids)
-            label = PAPER_NAMES.get(q, q) if by_model else labels.get(model, model)
+            label = ATTACK_NAMES.get(q, q) if by_model else labels.get(model, model)
             if np.isfinite(ours).any():
                 ax.plot(eps, ours, "o-", color=colors(i % 10), ms=3,
                         label="%s (n=%d)" % (label, n))
@@ -149,7 +149,7 @@ def render_iou_ratio_curves(defn, store, out_dir, experiments_dir=EXPERIMENTS_DI
         _eps_axis(ax, eps)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("IoU Ratio")
-        ax.set_title(labels.get(p, p) if by_model else PAPER_NAMES.get(p, p))
+        ax.set_title(labels.get(p, p) if by_model else ATTACK_NAMES.get(p, p))
         ax.grid(alpha=0.3)
     handles, names = axes[0][0].get_legend_handles_labels()
     if handles:
@@ -224,7 +224,7 @@ def render_qualitative_grid(defn, store, out_dir, examples_dir=None, **_):
         ex = exs[models[0]]
         grid = [[pred(ex, a, e) for a in attacks] for e in eps]
         rows = ["eps = %g" % e for e in eps]
-        cols = [PAPER_NAMES.get(a, a) for a in attacks]
+        cols = [ATTACK_NAMES.get(a, a) for a in attacks]
     else:
         grid = [[pred(exs[m], attacks[0], e) for e in eps] for m in models]
         rows = [defn.get("labels", {}).get(m, m) for m in models]
@@ -337,7 +337,7 @@ def render_crf_deeplab(defn, store, out_dir, **_):
         _eps_axis(ax, eps)
         ax.set_ylim(0, 1.05)
         ax.grid(alpha=0.3)
-        ax.set_title("(%s) %s" % (p.get("panel", ""), PAPER_NAMES.get(p["attack"], p["attack"])),
+        ax.set_title("(%s) %s" % (p.get("panel", ""), ATTACK_NAMES.get(p["attack"], p["attack"])),
                      fontsize=9)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6)
@@ -367,7 +367,7 @@ def render_transfer_curves(defn, store, out_dir, **_):
         return ratios, n
 
     if defn.get("white_box_only"):
-        panels = [(PAPER_NAMES.get(a, a), a, [(labels.get(t, t), t, t) for t in defn["targets"]])
+        panels = [(ATTACK_NAMES.get(a, a), a, [(labels.get(t, t), t, t) for t in defn["targets"]])
                   for a in defn["attacks"]]
     else:
         a = defn["attacks"][0]

@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 
-from caffe_attacks.attacks import PAPER_NAMES
+from caffe_attacks.strong_attacks import ATTACK_NAMES
 from caffe_attacks.visualize import bgr_to_rgb_uint8, colorize, perturbation_image, save_panel
 
 
@@ -38,6 +38,6 @@ class PanelExamples:
                       colorize(pred, self.palette)]
             titles = ["image %s" % sample.id, "perturbation x%.3g + mean" % (127.5 / e),
                       "adversarial, eps=%g" % e, "clean prediction",
-                      "%s prediction" % PAPER_NAMES.get(attack, attack)]
+                      "%s prediction" % ATTACK_NAMES.get(attack, attack)]
             save_panel(os.path.join(self.out_dir, "%s_%s_eps%g.png" % (sample.id, attack, e)),
                        panels, titles)

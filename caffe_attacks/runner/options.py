@@ -8,6 +8,7 @@ naming the command-line option.
 """
 import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Tuple
@@ -17,6 +18,8 @@ from caffe_attacks.attacks import ATTACKS, PAPER_EPS, validate_alpha, validate_e
 from caffe_attacks.datasets import DATASET_KINDS
 from caffe_attacks.errors import UsageError
 from caffe_attacks.runner import registry
+from caffe_attacks.runner.strong import SEA_SELECTIONS
+from caffe_attacks.strong_attacks.auto_pgd import TRACK as APGD_TRACK
 
 ENGINES = ("caffe", "torch")
 # as caffe_attacks.layers.meanfield.W2_MODES; that module needs pycaffe, which
@@ -88,6 +91,15 @@ class RunOptions:
     batch_eps: bool = False
     batch_images: int = 1
     clip_to_image: bool = False
+    # the strong attacks (issue 17); iterations None: 100 PGD steps, 300 APGD iterations
+    iterations: Optional[int] = None
+    restarts: int = 1
+    seed: int = 0
+    pgd_alpha: Optional[float] = None           # None: 2.5 eps / steps
+    strong_clip: bool = True                    # eps-ball and image box (False: ball only)
+    apgd_track: str = "ce"
+    class_weights: Optional[str] = None         # MCE-Bal table (default: by dataset)
+    sea_selection: str = "miou"
     # output
     out: str = "results/results.h5"
     summary: Optional[str] = None
@@ -119,6 +131,17 @@ class RunOptions:
             raise UsageError("--ifgsm-ll-target must be one of %s" % ", ".join(IFGSM_LL_TARGETS))
         if self.crf_w2_mode not in W2_MODES:
             raise UsageError("--crf-w2-mode must be one of %s" % ", ".join(W2_MODES))
+        if self.iterations is not None and self.iterations < 1:
+            raise UsageError("--iterations must be at least 1")
+        if self.restarts < 1:
+            raise UsageError("--restarts must be at least 1")
+        if self.pgd_alpha is not None and not (math.isfinite(self.pgd_alpha)
+                                               and self.pgd_alpha > 0):
+            raise UsageError("--pgd-alpha must be finite and > 0")
+        if self.apgd_track not in APGD_TRACK:
+            raise UsageError("--apgd-track must be one of %s" % ", ".join(APGD_TRACK))
+        if self.sea_selection not in SEA_SELECTIONS:
+            raise UsageError("--sea-selection must be one of %s" % ", ".join(SEA_SELECTIONS))
         for a in self.attacks:
             registry.entry(a)
         set_("attacks", unique_values(self.attacks, "--attack"))

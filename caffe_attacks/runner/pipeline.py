@@ -18,7 +18,7 @@ from caffe_attacks.errors import UsageError
 from caffe_attacks.finite import NonFiniteError
 from caffe_attacks.losses import softmax
 from caffe_attacks.metrics import confidence_entropy_sums, confusion_matrix
-from caffe_attacks.runner import registry
+from caffe_attacks.runner import registry, strong
 from caffe_attacks.runner.resolve import ResolvedModel
 from caffe_attacks.store import Record, config_key
 
@@ -56,11 +56,15 @@ def make_configs(base, options, source=None):
     (added to every attacked configuration; the clean one does not depend on it).
     """
     out = [("clean", 0.0, dict(base, attack="clean", eps=0.0, options={}))]
-    for a in options.attacks:
+    # SEA runs as its three members; runner.strong forms its records from theirs
+    for a in strong.expand_attacks(options.attacks):
         for e in options.eps:
             if e == 0:
                 continue
             config = dict(base, attack=a, eps=e, options=registry.record_options(options, a))
+            passes = registry.cost(a, config["options"])
+            if passes is not None:
+                config["passes"] = passes
             if source is not None:
                 config["source"] = source
             out.append((a, e, config))
@@ -199,7 +203,8 @@ def _attack_batch(samples, source, targets, store, options, examples):
                 todo.setdefault(key, (config["options"], {}))[1].setdefault(e, []).append(
                     (t, config))
     clip = options.clip_to_image
-    box_s = ImageBox.from_mean(source.protocol.mean_bgr) if clip else None
+    # each record's options say whether its attack clips (the strong attacks by default)
+    box_s = ImageBox.from_mean(source.protocol.mean_bgr)
     for (attack, _), (record_opts, by_eps) in todo.items():
         eps = sorted(by_eps)
         t0 = time.perf_counter()

@@ -7,26 +7,32 @@ its key); the same keys, minus ``clip_to_image``, are the function's keyword
 arguments. Adding an attack is one :func:`register` call.
 """
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 from caffe_attacks import attacks
 from caffe_attacks.errors import UsageError
+from caffe_attacks.runner import strong
 
 
 @dataclass(frozen=True)
 class AttackEntry:
-    """fn: the attack; record_options: RunOptions -> {option: value} for the record."""
+    """fn: the attack; record_options: RunOptions -> {option: value} for the record.
+
+    cost: record options -> {"forward": n, "backward": n}, the passes per
+    image the attack's schedule takes (the record's "passes"), or None.
+    """
     name: str
     fn: Callable
     record_options: Callable
+    cost: Optional[Callable] = None
 
 
 REGISTRY = {}
 
 
-def register(name, fn, record_options=lambda options: {}):
+def register(name, fn, record_options=lambda options: {}, cost=None):
     """Make ``name`` available to the runner (``--attack NAME``)."""
-    REGISTRY[name] = AttackEntry(name, fn, record_options)
+    REGISTRY[name] = AttackEntry(name, fn, record_options, cost)
 
 
 def names():
@@ -56,6 +62,19 @@ register("fgsm_ll", attacks.fgsm_ll)
 register("ifgsm", attacks.ifgsm, _iterative)
 register("ifgsm_ll", attacks.ifgsm_ll,
          lambda options: dict(_iterative(options), target=options.ifgsm_ll_target))
+# Beyond the paper (issue 17): their records say their projection, labels and cost.
+for _name in strong.PGD_ATTACKS:
+    register(_name, strong.pgd_adapter(_name), strong.pgd_record_options(_name), strong.pgd_cost)
+for _name in strong.APGD_ATTACKS:
+    register(_name, strong.apgd_adapter(_name), strong.apgd_record_options(_name),
+             strong.apgd_cost)
+register("sea", strong.sea_fn, strong.sea_record_options)
+
+
+def cost(attack, record_opts):
+    """The record's "passes" for ``attack`` under its record options, or None."""
+    fn = entry(attack).cost
+    return None if fn is None else fn(record_opts)
 
 
 def record_options(options, attack):
@@ -67,8 +86,9 @@ def record_options(options, attack):
 def attack_kwargs(record_opts, box):
     """Keyword arguments of an attack function from a record's options.
 
-    box: the :class:`~caffe_attacks.attacks.ImageBox` to clip to, or None.
+    box: the source's :class:`~caffe_attacks.attacks.ImageBox`, used when the
+    record's ``clip_to_image`` is set.
     """
     kwargs = {k: v for k, v in record_opts.items() if k != "clip_to_image"}
-    kwargs["clip_to_image"] = box
+    kwargs["clip_to_image"] = box if record_opts.get("clip_to_image") else None
     return kwargs

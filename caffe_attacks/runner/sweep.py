@@ -2,9 +2,9 @@
 import csv
 import json
 
-from caffe_attacks.attacks import PAPER_NAMES
 from caffe_attacks.runner.pipeline import attack_batch
 from caffe_attacks.store import config_key
+from caffe_attacks.strong_attacks import ATTACK_NAMES
 
 
 def sweep(dataset, ids, source, targets, store, options, examples=None, progress=True,
@@ -80,7 +80,7 @@ def format_table(rows):
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append("%-18s %6g %7.1f %9.3f %6.3f %7.3f %7d" % (
-            PAPER_NAMES.get(r["attack"], r["attack"]), r["eps"], 100 * r["miou"],
+            ATTACK_NAMES.get(r["attack"], r["attack"]), r["eps"], 100 * r["miou"],
             r["iou_ratio"], r["confidence"], r["entropy"], r["n_images"]))
     return "\n".join(lines)
 

@@ -2,8 +2,10 @@
 from dataclasses import dataclass
 from typing import Any, List
 
+from caffe_attacks.runner import strong
 from caffe_attacks.runner.examples import PanelExamples
 from caffe_attacks.runner.pipeline import Target, make_configs, record_base
+from caffe_attacks.runner.registry import record_options
 from caffe_attacks.runner.resolve import (ResolvedModel, check_classes, image_ids, open_data,
                                           resolve_model, set_blas_threads)
 from caffe_attacks.runner.sweep import summarize, sweep
@@ -39,5 +41,10 @@ def run_white_box(options, store_path, progress=None):
     with ResultsStore(store_path) as store:
         sweep(dataset, ids, rm, [Target(rm, configs)], store, options, examples=examples,
               progress=not options.quiet if progress is None else progress)
+        if "sea" in options.attacks:
+            members = {(a, e): c for a, e, c in configs}
+            sea = strong.sea_configs(members, record_options(options, "sea"), options.eps, ids)
+            strong.add_sea_records(store, sea, ids)
+            configs = configs + sea
         rows = summarize(store, configs, ids)
     return WhiteBoxRun(rm, dataset, ids, configs, rows)
