@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from caffe_attacks.cli import run_cli
+from caffe_attacks.cli import add_executor_arguments, executor_from_args, run_cli
 from caffe_attacks.errors import UsageError
 from caffe_attacks.experiments import (EXPERIMENTS_DIR, check_job, ensure, list_ids, load,
                                        normalize_id, plan, queries_of)
@@ -35,6 +35,7 @@ def build_parser():
     p.add_argument("--gpu", type=int, default=None)
     p.add_argument("--experiments", default=str(EXPERIMENTS_DIR), help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true")
+    add_executor_arguments(p)
     return p
 
 
@@ -45,7 +46,7 @@ def _ids(what, names, directory):
     return [normalize_id(n, prefix) for n in names]
 
 
-def _one(defn, args, data_dirs, store_path):
+def _one(defn, args, data_dirs, store_path, executor=None, unit_images=None):
     """Run (unless --no-run or check) and render one definition; returns its exit status."""
     status = 0
     if args.what == "check":
@@ -56,7 +57,8 @@ def _one(defn, args, data_dirs, store_path):
         return status
     if not args.no_run:
         report = ensure(defn, store_path, data_dirs, args.weights_dir, args.limit,
-                        progress=not args.quiet, gpu=args.gpu, experiments_dir=args.experiments)
+                        progress=not args.quiet, gpu=args.gpu, experiments_dir=args.experiments,
+                        executor=executor, unit_images=unit_images)
         for m in report.missing:
             print("missing (%s): %s" % (defn["id"], m.message), file=sys.stderr)
         for note in report.notes:
@@ -89,9 +91,11 @@ def main(argv=None):
         data_dirs = {"voc": args.voc_dir, "cityscapes": args.cityscapes_dir,
                      "synthetic": args.synthetic_dir}
         store_path = args.store or os.path.join(args.results, "store.h5")
+        executor, unit_images = (None, None) if args.no_run or args.what == "check" else \
+            executor_from_args(args, args.gpu)
         status = 0
         for defn in defns:
-            status = max(status, _one(defn, args, data_dirs, store_path))
+            status = max(status, _one(defn, args, data_dirs, store_path, executor, unit_images))
         return status
 
     return run_cli(body, resume_hint=RESUME_HINT)

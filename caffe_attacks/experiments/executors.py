@@ -1,0 +1,144 @@
+"""Executors: the units of a sweep run by worker processes here, or by Ray actors anywhere.
+
+An executor has one method, ``run(spec, units)``, that yields ``(unit,
+[[Record] per image])`` as units finish (in any order). Workers are
+stateless: each loads the nets of a :class:`~caffe_attacks.runner.units.WorkSpec`
+once (cached per process), attacks the units it is sent and returns records;
+the driver (:func:`caffe_attacks.runner.sweep.sweep`) alone writes the store.
+A unit whose worker dies is sent again; nothing of it was written, so no
+record is lost or written twice.
+
+- :class:`LocalExecutor`: ``--workers N`` processes on this machine, each
+  with cores/N BLAS and torch threads;
+- :class:`caffe_attacks.experiments.ray_executor.RayExecutor`: ``--executor
+  ray``, one Ray actor per worker (and per GPU with ``num_gpus=1``); Ray is
+  imported only there.
+"""
+import logging
+import multiprocessing
+import os
+import pickle
+import sys
+from concurrent.futures import FIRST_COMPLETED, wait
+from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
+
+from caffe_attacks.errors import UsageError
+from caffe_attacks.runner.units import load_work, run_unit
+
+log = logging.getLogger(__name__)
+
+EXECUTORS = ("local", "ray")
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# A unit is sent again at most this many times after its worker died.
+MAX_RETRIES = 3
+
+# per worker process: pickled WorkSpec -> its loaded Work (nets load once per worker)
+WORKER_CACHE = {}
+
+
+def machine_cores():
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:     # not on Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(workers, cores=None):
+    """BLAS/torch threads of each of ``workers`` workers sharing ``cores`` cores (>= 1)."""
+    return max(1, (cores or machine_cores()) // max(1, workers))
+
+
+def limit_threads(threads):
+    """Set this worker's BLAS and torch thread counts before Caffe's BLAS loads."""
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+    if "caffe" in sys.modules:
+        log.warning("Caffe is already loaded in this worker; its BLAS keeps its threads")
+
+
+def worker_run_unit(spec, unit, threads=None):
+    """Run one unit in a worker process (its nets loaded on first use); returns (unit, images)."""
+    key = pickle.dumps(spec)
+    if key not in WORKER_CACHE:
+        WORKER_CACHE.clear()        # one spec at a time: free the previous nets
+        WORKER_CACHE[key] = load_work(spec)
+        if threads and "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
+    return unit, run_unit(WORKER_CACHE[key], unit, spec.options)
+
+
+def check_workers(workers):
+    """UsageError unless ``workers`` is None or a positive integer."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise UsageError("--workers must be a positive integer, got %r" % (workers,))
+
+
+class LocalExecutor:
+    """``workers`` worker processes on this machine (spawned: a fresh interpreter each).
+
+    threads: BLAS/torch threads per worker (default cores/workers).
+    """
+
+    def __init__(self, workers, threads=None):
+        check_workers(workers)
+        self.workers = workers
+        self.threads = threads or threads_per_worker(workers)
+
+    def start_pool(self):
+        # spawn, not fork: a forked worker would inherit a loaded Caffe and its
+        # BLAS threads; the thread limits must come before Caffe loads
+        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=limit_threads, initargs=(self.threads,))
+
+    def run(self, spec, units):
+        """Yield (unit, images) as units finish; a unit of a dead worker goes out again."""
+        pending = {u.number: u for u in units}
+        tries = dict.fromkeys(pending, 0)
+        while pending:
+            pool = self.start_pool()
+            try:
+                futures = {pool.submit(worker_run_unit, spec, u, self.threads): u
+                           for u in pending.values()}
+                broken = False
+                while futures:
+                    done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        unit = futures.pop(f)
+                        if isinstance(f.exception(), BrokenProcessPool):
+                            broken = True
+                            continue
+                        pending.pop(unit.number)
+                        yield f.result()        # a worker's own error is raised here
+                    if broken:
+                        break
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+            if broken:
+                for n in pending:
+                    tries[n] += 1
+                    if tries[n] > MAX_RETRIES:
+                        raise RuntimeError("a worker died %d times on unit %d (ids %s)"
+                                           % (tries[n], n, ", ".join(pending[n].ids)))
+                log.warning("a worker process died; sending %d unfinished unit(s) again",
+                            len(pending))
+
+
+def make_executor(workers=None, executor="local", ray_address=None, gpu=None):
+    """The executor the options name: None (this process) for local with at most one worker.
+
+    gpu: the run uses a GPU (Ray then asks one per worker).
+    """
+    check_workers(workers)
+    if executor not in EXECUTORS:
+        raise UsageError("--executor must be one of %s, got %r" % (", ".join(EXECUTORS), executor))
+    if executor == "ray":
+        # imported here: Ray is needed only for this executor
+        from caffe_attacks.experiments.ray_executor import RayExecutor
+        return RayExecutor(workers, address=ray_address, gpu=gpu)
+    if ray_address:
+        raise UsageError("--ray-address needs --executor ray")
+    if not workers or workers == 1:
+        return None
+    return LocalExecutor(workers)
