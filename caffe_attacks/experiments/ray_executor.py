@@ -73,6 +73,10 @@ class RayExecutor:
         check_workers(workers)
         if address:
             check_reachable(address)
+        else:
+            # a local instance: every Ray server on the loopback address, not on
+            # the machine's network interface (Ray reads this when imported)
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         import ray
         self.ray = ray
         if not ray.is_initialized():
