@@ -16,65 +16,17 @@ record is lost or written twice.
 """
 import logging
 import multiprocessing
-import os
-import pickle
-import sys
 from concurrent.futures import FIRST_COMPLETED, wait
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
 
 from caffe_attacks.errors import UsageError
-from caffe_attacks.runner.units import load_work, run_unit
+from caffe_attacks.experiments.ray_executor import RayExecutor
+from caffe_attacks.experiments.workers import (MAX_RETRIES, check_workers, limit_threads,
+                                               threads_per_worker, worker_run_unit)
 
 log = logging.getLogger(__name__)
 
 EXECUTORS = ("local", "ray")
-THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-# A unit is sent again at most this many times after its worker died.
-MAX_RETRIES = 3
-
-# per worker process: pickled WorkSpec -> its loaded Work (nets load once per worker)
-WORKER_CACHE = {}
-
-
-def machine_cores():
-    """CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:     # not on Linux
-        return os.cpu_count() or 1
-
-
-def threads_per_worker(workers, cores=None):
-    """BLAS/torch threads of each of ``workers`` workers sharing ``cores`` cores (>= 1)."""
-    return max(1, (cores or machine_cores()) // max(1, workers))
-
-
-def limit_threads(threads):
-    """Set this worker's BLAS and torch thread counts before Caffe's BLAS loads."""
-    for name in THREAD_VARIABLES:
-        os.environ[name] = str(threads)
-    if "caffe" in sys.modules:
-        log.warning("Caffe is already loaded in this worker; its BLAS keeps its threads")
-
-
-def worker_run_unit(spec, unit, threads=None):
-    """Run one unit in a worker process (its nets loaded on first use); returns (unit, images)."""
-    key = pickle.dumps(spec)
-    if key not in WORKER_CACHE:
-        WORKER_CACHE.clear()        # one spec at a time: free the previous nets
-        WORKER_CACHE[key] = load_work(spec)
-        if threads and "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(threads)
-    return unit, run_unit(WORKER_CACHE[key], unit, spec.options)
-
-
-def check_workers(workers):
-    """UsageError unless ``workers`` is None or a positive integer."""
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                or workers < 1):
-        raise UsageError("--workers must be a positive integer, got %r" % (workers,))
-
-
 class LocalExecutor:
     """``workers`` worker processes on this machine (spawned: a fresh interpreter each).
 
@@ -134,8 +86,6 @@ def make_executor(workers=None, executor="local", ray_address=None, gpu=None):
     if executor not in EXECUTORS:
         raise UsageError("--executor must be one of %s, got %r" % (", ".join(EXECUTORS), executor))
     if executor == "ray":
-        # imported here: Ray is needed only for this executor
-        from caffe_attacks.experiments.ray_executor import RayExecutor
         return RayExecutor(workers, address=ray_address, gpu=gpu)
     if ray_address:
         raise UsageError("--ray-address needs --executor ray")

@@ -17,7 +17,7 @@ import socket
 from collections import deque
 
 from caffe_attacks.errors import UsageError
-from caffe_attacks.experiments.executors import (MAX_RETRIES, check_workers, limit_threads,
+from caffe_attacks.experiments.workers import (MAX_RETRIES, check_workers, limit_threads,
                                                  machine_cores, worker_run_unit)
 
 log = logging.getLogger(__name__)
