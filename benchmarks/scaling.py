@@ -49,14 +49,34 @@ def make_data(root, net, images):
     return out
 
 
-def sweep_seconds(net, data, store, executor, weights=None):
+class Stopwatch:
+    """An executor seen from outside: when each unit came back and with how many images."""
+
+    def __init__(self, executor):
+        self.executor = executor
+        self.returns = []
+
+    def run(self, spec, units):
+        for unit, images in self.executor.run(spec, units):
+            self.returns.append((time.perf_counter(), len(unit.ids)))
+            yield unit, images
+
+    def steady_rate(self):
+        """Images/s from the first unit back to the last (workers started, nets loaded)."""
+        (t0, _), rest = self.returns[0], self.returns[1:]
+        return sum(n for _, n in rest) / (rest[-1][0] - t0) if rest else float("nan")
+
+
+def sweep_rates(net, data, store, executor, weights=None):
+    """(images/s of the whole sweep, images/s once the first unit is back)."""
     _, _, _, _, attacks, eps = NETS[net]
     options = RunOptions(model=net, weights=weights, allow_unverified=weights is not None,
                          dataset="synthetic", data_dir=data, attacks=attacks, eps=eps,
                          out=store, quiet=True)
+    watch = Stopwatch(executor)
     t0 = time.perf_counter()
-    result = run_white_box(options, store, executor=executor, unit_images=2)
-    return time.perf_counter() - t0, len(result.ids)
+    result = run_white_box(options, store, executor=watch, unit_images=2)
+    return len(result.ids) / (time.perf_counter() - t0), watch.steady_rate()
 
 
 def main(argv=None):
@@ -82,25 +102,33 @@ def main(argv=None):
             data = make_data(root, net, args.images)
             weights = args.enet_weights if net == "enet_cityscapes" else None
             rates = {name: [] for name in candidates}
+            steady = {name: [] for name in candidates}
             for r in range(args.rounds):
                 order = list(candidates) if r % 2 == 0 else list(reversed(list(candidates)))
                 for name in order:
                     store = os.path.join(root, "%s-%s-%d.h5" % (net, name.replace(" ", ""), r))
-                    seconds, n = sweep_seconds(net, data, store, candidates[name](), weights)
-                    rates[name].append(n / seconds)
-            med = {name: statistics.median(v) for name, v in rates.items()}
-            _, w, h, _, attacks, eps = NETS[net]
-            print("%s at %dx%d, %s at eps %s, %d images, %d round(s):"
-                  % (net, w, h, "+".join(attacks), " ".join("%g" % e for e in eps),
-                     args.images, args.rounds))
-            for name in candidates:
-                print("  %-9s %7.3f images/s  (rounds: %s)"
-                      % (name, med[name], ", ".join("%.3f" % v for v in rates[name])))
-            print("  local x2 / local x1 = %.2f (goal >= 1.7); ray x2 / local x2 = %.2f "
-                  "(goal 0.90..1.10)" % (med["local x2"] / med["local x1"],
-                                         med["ray x2"] / med["local x2"]))
+                    rate, steady_rate = sweep_rates(net, data, store, candidates[name](),
+                                                    weights)
+                    rates[name].append(rate)
+                    steady[name].append(steady_rate)
+            for label, table in (("whole sweep", rates), ("after the first unit", steady)):
+                report(net, args, label, table)
         print("load average after: %s" % " ".join("%.2f" % v for v in os.getloadavg()))
         ray.shutdown()
+
+
+def report(net, args, label, rates):
+    med = {name: statistics.median(v) for name, v in rates.items()}
+    _, w, h, _, attacks, eps = NETS[net]
+    print("%s at %dx%d, %s at eps %s, %d images, %d round(s), %s:"
+          % (net, w, h, "+".join(attacks), " ".join("%g" % e for e in eps),
+             args.images, args.rounds, label))
+    for name in rates:
+        print("  %-9s %7.3f images/s  (rounds: %s)"
+              % (name, med[name], ", ".join("%.3f" % v for v in rates[name])))
+    print("  local x2 / local x1 = %.2f (goal >= 1.7); ray x2 / local x2 = %.2f "
+          "(goal 0.90..1.10)" % (med["local x2"] / med["local x1"],
+                                 med["ray x2"] / med["local x2"]))
 
 
 if __name__ == "__main__":

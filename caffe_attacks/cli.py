@@ -65,19 +65,25 @@ def add_executor_arguments(parser):
                    help="images per work unit (default 4)")
 
 
+def positive_integer(flag, text):
+    """int(text) when it is a positive integer, else UsageError naming the flag."""
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        value = 0
+    if value < 1:
+        raise UsageError("%s must be a positive integer, got %r" % (flag, text))
+    return value
+
+
+def scale_numbers(args):
+    """(workers or None, images per unit) from add_executor_arguments' flags, checked."""
+    workers = None if args.workers is None else positive_integer("--workers", args.workers)
+    return workers, positive_integer("--unit-images", args.unit_images)
+
+
 def executor_from_args(args, gpu=None):
     """(executor or None for this process, images per unit) from add_executor_arguments' flags."""
     from caffe_attacks.experiments.executors import make_executor
-
-    def positive(flag, text):
-        try:
-            value = int(text)
-        except (TypeError, ValueError):
-            value = 0
-        if value < 1:
-            raise UsageError("%s must be a positive integer, got %r" % (flag, text))
-        return value
-
-    workers = None if args.workers is None else positive("--workers", args.workers)
-    unit_images = positive("--unit-images", args.unit_images)
+    workers, unit_images = scale_numbers(args)
     return make_executor(workers, args.executor, args.ray_address, gpu=gpu), unit_images

@@ -227,14 +227,35 @@ def test_a_killed_driver_resumes_from_the_store(data, reference, tmp_path):
     deadline = time.time() + 180
     while time.time() < deadline and journal_lines(out) < 14 and proc.poll() is None:
         time.sleep(0.02)
+    workers = children(proc.pid)
+    assert len(workers) >= 2, "the driver should have its worker processes"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(Path("/proc/%d" % p).exists() for p in workers):
+        time.sleep(0.1)
+    assert not [p for p in workers if Path("/proc/%d" % p).exists()], \
+        "workers outlived their killed driver"
     partial = journal_lines(out)
     assert 14 <= partial < 7 * 20, "the kill should land mid-run (%d records)" % partial
     assert run_cli.main(args) == 0
     assert stored(out) == stored(reference[0])     # (raises on a record stored twice)
     summary = json.load(open(str(out)[:-3] + ".json"))["rows"]
     assert summary_numbers(summary) == summary_numbers(reference[1])
+
+
+def children(pid):
+    """Pids of the processes whose parent is ``pid``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
 
 
 def closed_port():
@@ -257,3 +278,19 @@ def test_bad_scale_options_are_one_line_and_exit_2(data, tmp_path, capsys, extra
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "x.h5").exists()
+
+
+def rendered_table(data, results, *extra):
+    from caffe_attacks.experiments.__main__ import main as experiments_main
+    status = experiments_main(["table", "demo_table", "--synthetic-dir", str(data), "--results",
+                               str(results), "--limit", "6", "--quiet", "--unit-images", "2",
+                               *extra])
+    assert status == 0
+    return (results / "tables" / "demo_table.md").read_text()
+
+
+def test_a_table_is_the_same_with_workers_and_with_ray(data, tmp_path, ray_local):
+    plain = rendered_table(data, tmp_path / "plain")
+    assert "partial" in plain
+    assert rendered_table(data, tmp_path / "workers", "--workers", "2") == plain
+    assert rendered_table(data, tmp_path / "ray", "--executor", "ray", "--workers", "2") == plain

@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from caffe_attacks.cli import add_executor_arguments, executor_from_args, run_cli
+from caffe_attacks.cli import add_executor_arguments, executor_from_args, run_cli, scale_numbers
 from caffe_attacks.errors import UsageError
 from caffe_attacks.experiments import (EXPERIMENTS_DIR, check_job, ensure, list_ids, load,
                                        normalize_id, plan, queries_of)
@@ -91,8 +91,8 @@ def _plan(args, data_dirs, store_path):
     if names and names[0] in ("table", "figure"):
         if names.pop(0) == "figure":
             raise UsageError("plan covers tables (`plan table A5`); figures reuse their records")
-    _, unit_images = executor_from_args(args)
-    workers = int(args.workers) if args.workers else 1
+    workers, unit_images = scale_numbers(args)
+    workers = workers or 1
     store = ResultsStore(store_path, readonly=True) if os.path.exists(store_path) else None
     timings = {}
     try:

@@ -16,17 +16,20 @@ record is lost or written twice.
 """
 import logging
 import multiprocessing
+import os
 from concurrent.futures import FIRST_COMPLETED, wait
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
 
 from caffe_attacks.errors import UsageError
 from caffe_attacks.experiments.ray_executor import RayExecutor
-from caffe_attacks.experiments.workers import (MAX_RETRIES, check_workers, limit_threads,
+from caffe_attacks.experiments.workers import (MAX_RETRIES, check_workers, start_local_worker,
                                                threads_per_worker, worker_run_unit)
 
 log = logging.getLogger(__name__)
 
 EXECUTORS = ("local", "ray")
+
+
 class LocalExecutor:
     """``workers`` worker processes on this machine (spawned: a fresh interpreter each).
 
@@ -42,7 +45,8 @@ class LocalExecutor:
         # spawn, not fork: a forked worker would inherit a loaded Caffe and its
         # BLAS threads; the thread limits must come before Caffe loads
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=limit_threads, initargs=(self.threads,))
+                                   initializer=start_local_worker,
+                                   initargs=(self.threads, os.getpid()))
 
     def run(self, spec, units):
         """Yield (unit, images) as units finish; a unit of a dead worker goes out again."""

@@ -7,6 +7,8 @@ import logging
 import os
 import pickle
 import sys
+import threading
+import time
 
 from caffe_attacks.errors import UsageError
 from caffe_attacks.runner.units import load_work, run_unit
@@ -40,6 +42,25 @@ def limit_threads(threads):
         os.environ[name] = str(threads)
     if "caffe" in sys.modules:
         log.warning("Caffe is already loaded in this worker; its BLAS keeps its threads")
+
+
+def exit_with_parent(parent_pid, poll_s=1.0):
+    """End this worker process when the driver that started it is gone.
+
+    A killed driver cannot stop its workers; without this they would wait on
+    their task queue forever (and keep their nets in memory).
+    """
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def start_local_worker(threads, parent_pid):
+    """The initializer of a local worker process: thread limits, then the parent watch."""
+    limit_threads(threads)
+    exit_with_parent(parent_pid)
 
 
 def worker_run_unit(spec, unit, threads=None):
