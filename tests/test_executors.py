@@ -294,3 +294,20 @@ def test_a_table_is_the_same_with_workers_and_with_ray(data, tmp_path, ray_local
     assert "partial" in plain
     assert rendered_table(data, tmp_path / "workers", "--workers", "2") == plain
     assert rendered_table(data, tmp_path / "ray", "--executor", "ray", "--workers", "2") == plain
+
+
+def test_a_transfer_gives_the_same_records_with_workers_and_ray(data, tmp_path, ray_local):
+    from caffe_attacks import transfer as transfer_cli
+
+    def run(out, *extra):
+        assert transfer_cli.main(["--source", "tiny_synthetic", "--target", "tiny_synthetic",
+                                  "--dataset", "synthetic", "--data-dir", str(data),
+                                  "--attack", "fgsm", "ifgsm", "--eps", "2", "8", "--limit", "6",
+                                  "--out", str(out), "--quiet", "--unit-images", "2",
+                                  *extra]) == 0
+        return stored(out)
+
+    plain = run(tmp_path / "plain.h5")
+    assert len(plain) == 6 * 5
+    assert run(tmp_path / "workers.h5", "--workers", "2") == plain
+    assert run(tmp_path / "ray.h5", "--executor", "ray", "--workers", "2") == plain
