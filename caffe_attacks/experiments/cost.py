@@ -26,7 +26,7 @@ import numpy as np
 from caffe_attacks.attacks import num_iterations
 from caffe_attacks.experiments.definitions import FULL_SPLIT_SIZE
 from caffe_attacks.experiments.jobs import plan, queries_of
-from caffe_attacks.experiments.queries import find_config
+from caffe_attacks.experiments.queries import default_options, find_config
 from caffe_attacks.experiments.transfer import experiment_runs
 
 
@@ -141,7 +141,6 @@ def run_cost(run, store=None, ids=None, n_images=None, unit_images=4, options_of
     ids: the dataset's image ids (exact); without them ``n_images`` images
     (default the full split) of which the stored ids are taken to be part.
     """
-    from caffe_attacks.experiments.queries import default_options
     options_of = options_of or default_options
     wanted = [(t, "clean", 0.0) for t in run.targets] + \
         [(t, a, float(e)) for t in run.targets for a in run.attacks for e in run.eps if e]
