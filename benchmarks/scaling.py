@@ -57,9 +57,9 @@ class Stopwatch:
         self.returns = []
 
     def run(self, spec, units):
-        for unit, images in self.executor.run(spec, units):
+        for unit, result in self.executor.run(spec, units):
             self.returns.append((time.perf_counter(), len(unit.ids)))
-            yield unit, images
+            yield unit, result
 
     def steady_rate(self):
         """Images/s from the first unit back to the last (workers started, nets loaded)."""

@@ -311,3 +311,20 @@ def test_a_transfer_gives_the_same_records_with_workers_and_ray(data, tmp_path, 
     assert len(plain) == 6 * 5
     assert run(tmp_path / "workers.h5", "--workers", "2") == plain
     assert run(tmp_path / "ray.h5", "--executor", "ray", "--workers", "2") == plain
+
+
+def test_bad_samples_skipped_by_workers_are_reported_like_one_process(data, tmp_path):
+    import shutil
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    ids = (copy / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+    (copy / "JPEGImages" / (ids[2] + ".jpg")).write_bytes(b"not a jpeg")
+
+    def meta(name, *extra):
+        out = tmp_path / name
+        assert run_cli.main(cli_args(copy, out, "--skip-bad", "--limit", "6", *extra)) == 0
+        return json.load(open(str(out)[:-3] + ".json"))["meta"]["skipped"], stored(out)
+
+    plain = meta("plain.h5")
+    assert [s[0] for s in plain[0]] == [ids[2]]
+    assert meta("workers.h5", "--workers", "2", "--unit-images", "2") == plain

@@ -1,7 +1,8 @@
 """Executors: the units of a sweep run by worker processes here, or by Ray actors anywhere.
 
 An executor has one method, ``run(spec, units)``, that yields ``(unit,
-[[Record] per image])`` as units finish (in any order). Workers are
+UnitResult)`` (the records of each image, the bad samples skipped) as units
+finish, in any order. Workers are
 stateless: each loads the nets of a :class:`~caffe_attacks.runner.units.WorkSpec`
 once (cached per process), attacks the units it is sent and returns records;
 the driver (:func:`caffe_attacks.runner.sweep.sweep`) alone writes the store.
@@ -49,7 +50,7 @@ class LocalExecutor:
                                    initargs=(self.threads, os.getpid()))
 
     def run(self, spec, units):
-        """Yield (unit, images) as units finish; a unit of a dead worker goes out again."""
+        """Yield (unit, UnitResult) as units finish; a unit of a dead worker goes out again."""
         pending = {u.number: u for u in units}
         tries = dict.fromkeys(pending, 0)
         while pending:

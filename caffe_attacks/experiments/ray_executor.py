@@ -116,7 +116,7 @@ class RayExecutor:
         return self.ray.get([a.pid.remote() for a in self.actors])
 
     def run(self, spec, units):
-        """Yield (unit, images) as units finish on the actors."""
+        """Yield (unit, UnitResult) as units finish on the actors."""
         ray = self.ray
         if is_gpu_run(spec):
             # Ray shows each actor its one GPU as device 0

@@ -64,7 +64,7 @@ def start_local_worker(threads, parent_pid):
 
 
 def worker_run_unit(spec, unit, threads=None):
-    """Run one unit in a worker process (its nets loaded on first use); returns (unit, images)."""
+    """Run one unit in a worker process (its nets loaded on first use); returns (unit, UnitResult)."""
     key = pickle.dumps(spec)
     if key not in WORKER_CACHE:
         WORKER_CACHE.clear()        # one spec at a time: free the previous nets

@@ -19,7 +19,7 @@ def sweep(dataset, ids, source, targets, store, options, examples=None, progress
     skipped when the dataset was opened with skip_bad.
 
     executor: None attacks in this process. Otherwise an object with
-    ``run(spec, units)`` yielding ``(unit, [[Record] per image])`` as units
+    ``run(spec, units)`` yielding ``(unit, UnitResult)`` as units
     finish, in any order (:mod:`caffe_attacks.experiments.executors`); the
     units are the lacking ids in chunks of ``unit_images``, ``spec`` the
     :class:`~caffe_attacks.runner.units.WorkSpec` its workers rebuild the
@@ -43,9 +43,11 @@ def sweep(dataset, ids, source, targets, store, options, examples=None, progress
         if spec is None:
             raise ValueError("an executor needs the WorkSpec its workers load")
         units = make_units(todo, targets, store, unit_images)
-        for done, (unit, images) in enumerate(executor.run(spec, units), 1):
-            for records in images:
+        for done, (unit, result) in enumerate(executor.run(spec, units), 1):
+            for records in result.images:
                 store.add_image(records)
+            # the workers' bad samples, as if this process had skipped them
+            dataset.skipped.extend(result.skipped)
             bar.update(len(unit.ids))
             bar.set_postfix_str("units %d/%d" % (done, len(units)), refresh=False)
     bar.close()

@@ -10,7 +10,8 @@ dataset and the nets from nothing (it pickles: RunOptions and net labels).
 
 The executors that send units to other processes (local worker processes,
 Ray actors) live above the runner, in :mod:`caffe_attacks.experiments.executors`;
-they call :func:`load_work` once per worker and :func:`run_unit` per unit.
+they call :func:`load_work` once per worker and :func:`run_unit` per unit,
+and yield ``(unit, UnitResult)`` as units finish.
 """
 import logging
 from dataclasses import dataclass
@@ -170,8 +171,16 @@ def attack_ids(dataset, ids, source, targets, sink, options, examples=None,
     flush()
 
 
+@dataclass
+class UnitResult:
+    """What a worker sends back: [[Record] per image done] and the bad samples it skipped."""
+    images: list
+    skipped: list
+
+
 def run_unit(work, unit, options):
-    """Attack one unit in this process; returns [[Record] per image done] (nothing written)."""
+    """Attack one unit in this process; returns a :class:`UnitResult` (nothing written)."""
     sink = RecordCollector(unit.stored)
+    before = len(work.dataset.skipped)
     attack_ids(work.dataset, list(unit.ids), work.source, work.targets, sink, options)
-    return sink.images
+    return UnitResult(sink.images, list(work.dataset.skipped[before:]))
