@@ -99,10 +99,19 @@ CITYSCAPES_DIR ?=
 RESULTS ?= results
 DEMO_LIMIT ?= 12
 NO_RUN ?=
+# WORKERS=N: N worker processes (or Ray actors); EXECUTOR=ray [RAY_ADDRESS=HOST:PORT]:
+# Ray actors on a cluster (a local Ray instance without an address); GPU=0: run on
+# the GPU (with EXECUTOR=ray: one GPU per worker).
+WORKERS ?=
+GPU ?=
+EXECUTOR ?=
+RAY_ADDRESS ?=
+SCALE_ARGS = $(if $(WORKERS),--workers $(WORKERS)) $(if $(EXECUTOR),--executor $(EXECUTOR)) \
+	$(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)) $(if $(GPU),--gpu $(GPU))
 EXPERIMENT_ARGS = --results $(RESULTS) --weights-dir $(WEIGHTS_DIR) \
 	$(if $(LIMIT),--limit $(LIMIT)) $(if $(VOC_DIR),--voc-dir $(VOC_DIR)) \
 	$(if $(CITYSCAPES_DIR),--cityscapes-dir $(CITYSCAPES_DIR)) $(if $(NO_RUN),--no-run) \
-	$(if $(SYNTHETIC_DIR),--synthetic-dir $(SYNTHETIC_DIR))
+	$(if $(SYNTHETIC_DIR),--synthetic-dir $(SYNTHETIC_DIR)) $(SCALE_ARGS)
 .PHONY: demo demo-strong train-tiny tables figures experiments-list
 
 ## demo: attack the embedded tiny_synthetic model (no downloads); results/demo/
@@ -149,3 +158,7 @@ figures: setup
 
 experiments-list: setup
 	$(PY) -m caffe_attacks.experiments list
+
+## plan-A5 (A1..A18): what table A5 costs (units, images, passes); MEASURE=1 times each net
+plan-A%: setup
+	$(PY) -m caffe_attacks.experiments plan table A$* $(EXPERIMENT_ARGS) $(if $(MEASURE),--measure)

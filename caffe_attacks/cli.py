@@ -55,3 +55,42 @@ def run_cli(body, resume_hint=DEFAULT_RESUME_HINT):
     except _anticipated() as e:
         print("error: %s" % e, file=sys.stderr)
         return 2
+
+
+def add_executor_arguments(parser):
+    """--workers, --executor, --ray-address, --unit-images: where a sweep's units run."""
+    g = parser.add_argument_group("scale-out")
+    # a string: a bad value is one "error:" line from run_cli, not argparse's usage
+    g.add_argument("--workers", default=None, metavar="N",
+                   help="worker processes (local: N processes with cores/N BLAS threads "
+                        "each; ray: N actors, default one per GPU or CPU core)")
+    g.add_argument("--executor", default="local", choices=("local", "ray"),
+                   help="local worker processes (default) or Ray actors")
+    g.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                   help="a running Ray cluster (default with --executor ray: a local one)")
+    g.add_argument("--unit-images", default="4", metavar="N",
+                   help="images per work unit (default 4)")
+
+
+def positive_integer(flag, text):
+    """int(text) when it is a positive integer, else UsageError naming the flag."""
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        value = 0
+    if value < 1:
+        raise UsageError("%s must be a positive integer, got %r" % (flag, text))
+    return value
+
+
+def scale_numbers(args):
+    """(workers or None, images per unit) from add_executor_arguments' flags, checked."""
+    workers = None if args.workers is None else positive_integer("--workers", args.workers)
+    return workers, positive_integer("--unit-images", args.unit_images)
+
+
+def executor_from_args(args, gpu=None):
+    """(executor or None for this process, images per unit) from add_executor_arguments' flags."""
+    from caffe_attacks.experiments.executors import make_executor
+    workers, unit_images = scale_numbers(args)
+    return make_executor(workers, args.executor, args.ray_address, gpu=gpu), unit_images

@@ -12,7 +12,7 @@ import sys
 from caffe_attacks import __version__
 from caffe_attacks import runner
 from caffe_attacks.attacks import PAPER_EPS
-from caffe_attacks.cli import run_cli
+from caffe_attacks.cli import add_executor_arguments, executor_from_args, run_cli
 from caffe_attacks.runner.registry import names as attack_names
 from caffe_attacks.runner.whitebox import run_white_box
 
@@ -111,6 +111,7 @@ def build_parser():
     o.add_argument("--save-examples", nargs=2, metavar=("DIR", "K"), default=None,
                    help="write qualitative panels for the first K images into DIR")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_executor_arguments(p)
     p.add_argument("--version", action="version", version="caffe_attacks %s" % __version__)
     return p
 
@@ -166,7 +167,8 @@ def main(argv=None):
 
     def body():
         options = options_from_args(args)
-        result = run_white_box(options, options.out)
+        executor, unit_images = executor_from_args(args, options.gpu)
+        result = run_white_box(options, options.out, executor=executor, unit_images=unit_images)
         meta = summary_meta(result, options)
         runner.write_summaries(result.rows, options.summary_prefix, meta)
         print(weights_line(result.model))

@@ -355,6 +355,9 @@ class ResultsStore:
             rows = [r for r in rows if r["id"] in wanted]
         if not rows:
             return None
+        # sum in id order: the float sums must not depend on the order records
+        # arrived in (workers finish units in any order)
+        rows.sort(key=lambda r: r["id"])
         cm_adv = sum(np.asarray(r["cm_adv"], np.int64) for r in rows)
         cm_clean = sum(np.asarray(r["cm_clean"], np.int64) for r in rows)
         npix = sum(int(r["npix"]) for r in rows)

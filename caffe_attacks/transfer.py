@@ -12,7 +12,7 @@ import sys
 from caffe_attacks import __version__
 from caffe_attacks import runner
 from caffe_attacks.attacks import PAPER_EPS
-from caffe_attacks.cli import run_cli
+from caffe_attacks.cli import add_executor_arguments, executor_from_args, run_cli
 from caffe_attacks.runner.registry import names as attack_names
 from caffe_attacks.runner.transfer import resolve_net, run_transfer
 from caffe_attacks.store import ResultsStore
@@ -64,6 +64,7 @@ def build_parser():
     o.add_argument("--out", default=TRANSFER_OUT, help="results store (HDF5)")
     o.add_argument("--summary", default=None, help="prefix for summary .json/.csv files")
     o.add_argument("--quiet", action="store_true")
+    add_executor_arguments(p)
     p.add_argument("--version", action="version", version="caffe_attacks %s" % __version__)
     return p
 
@@ -84,14 +85,18 @@ def main(argv=None):
 
     def body():
         options = options_from_args(args)
+        executor, unit_images = executor_from_args(args, options.gpu)
         dataset = runner.open_data(options)
-        source = resolve_net(args.source, options, dataset, args.source_weights)
-        targets = [resolve_net(t, options, dataset, args.target_weights)
+        # with workers, this process only writes the store: its nets stay on the CPU
+        local = options if executor is None else options.replace(gpu=None, device=None)
+        source = resolve_net(args.source, local, dataset, args.source_weights)
+        targets = [resolve_net(t, local, dataset, args.target_weights)
                    for t in runner.unique_values(args.target, "--target")]
         ids = runner.image_ids(dataset, options.limit)
         with ResultsStore(options.out) as store:
             by_target = run_transfer(dataset, ids, source, targets, store, options,
-                                     progress=not options.quiet)
+                                     progress=not options.quiet, executor=executor,
+                                     unit_images=unit_images)
         rows = [dict(r, target=name) for name, rs in by_target.items() for r in rs]
         meta = {"version": __version__, "source": source.name, "targets": list(by_target),
                 "dataset": options.dataset, "data_dir": options.data_dir,

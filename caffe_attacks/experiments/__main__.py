@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from caffe_attacks.cli import run_cli
+from caffe_attacks.cli import add_executor_arguments, executor_from_args, run_cli, scale_numbers
 from caffe_attacks.errors import UsageError
 from caffe_attacks.experiments import (EXPERIMENTS_DIR, check_job, ensure, list_ids, load,
                                        normalize_id, plan, queries_of)
@@ -22,8 +22,9 @@ def build_parser():
         prog="python -m caffe_attacks.experiments",
         description="Run what a supplementary table or figure needs (resumably), then render "
                     "it beside the paper's values.")
-    p.add_argument("what", choices=("table", "figure", "list", "check"))
-    p.add_argument("names", nargs="*", help="A5, table_A5, fig_A4 ... or 'all'")
+    p.add_argument("what", choices=("table", "figure", "list", "check", "plan"))
+    p.add_argument("names", nargs="*", help="A5, table_A5, fig_A4 ... or 'all' "
+                   "(plan: table NAMES, e.g. `plan table A5`)")
     p.add_argument("--results", default="results", help="results folder (store.h5 inside)")
     p.add_argument("--store", default=None, help="results store (default RESULTS/store.h5)")
     p.add_argument("--voc-dir", default=None)
@@ -35,6 +36,12 @@ def build_parser():
     p.add_argument("--gpu", type=int, default=None)
     p.add_argument("--experiments", default=str(EXPERIMENTS_DIR), help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--engine", default="caffe", choices=("caffe", "torch"),
+                   help="plan --measure: the engine to time")
+    p.add_argument("--measure", action="store_true",
+                   help="plan: time a few forward+backward passes of each net at its canvas "
+                        "(random weights) and estimate the time")
+    add_executor_arguments(p)
     return p
 
 
@@ -45,7 +52,7 @@ def _ids(what, names, directory):
     return [normalize_id(n, prefix) for n in names]
 
 
-def _one(defn, args, data_dirs, store_path):
+def _one(defn, args, data_dirs, store_path, executor=None, unit_images=None):
     """Run (unless --no-run or check) and render one definition; returns its exit status."""
     status = 0
     if args.what == "check":
@@ -56,7 +63,8 @@ def _one(defn, args, data_dirs, store_path):
         return status
     if not args.no_run:
         report = ensure(defn, store_path, data_dirs, args.weights_dir, args.limit,
-                        progress=not args.quiet, gpu=args.gpu, experiments_dir=args.experiments)
+                        progress=not args.quiet, gpu=args.gpu, experiments_dir=args.experiments,
+                        executor=executor, unit_images=unit_images)
         for m in report.missing:
             print("missing (%s): %s" % (defn["id"], m.message), file=sys.stderr)
         for note in report.notes:
@@ -74,6 +82,46 @@ def _one(defn, args, data_dirs, store_path):
     return status
 
 
+def _plan(args, data_dirs, store_path):
+    """Print what each table costs (runs nothing but the timing passes of --measure)."""
+    from caffe_attacks.experiments import cost
+    from caffe_attacks.runner import RunOptions, image_ids, open_data
+    from caffe_attacks.store import ResultsStore
+    names = list(args.names)
+    if names and names[0] in ("table", "figure"):
+        if names.pop(0) == "figure":
+            raise UsageError("plan covers tables (`plan table A5`); figures reuse their records")
+    workers, unit_images = scale_numbers(args)
+    workers = workers or 1
+    store = ResultsStore(store_path, readonly=True) if os.path.exists(store_path) else None
+    timings = {}
+    try:
+        for defn in [load(i, args.experiments) for i in _ids("table", names, args.experiments)]:
+            costs = []
+            for run in cost.table_runs(defn):
+                ids = None
+                data_dir = data_dirs.get(run.dataset)
+                if data_dir:
+                    dataset = open_data(RunOptions(dataset=run.dataset, data_dir=data_dir,
+                                                   split=run.split))
+                    ids = image_ids(dataset, args.limit)
+                costs.append(cost.run_cost(run, store, ids, args.limit or defn.get("n_images"),
+                                           unit_images))
+                if args.measure:
+                    for net in [run.source] + run.targets:
+                        if net not in timings:
+                            timings[net] = cost.measure_net(net, args.engine, gpu=args.gpu)
+            print(cost.format_plan(defn["id"], costs,
+                                   {n: timings[n] for c in costs
+                                    for n in [c.run.source] + c.run.targets if n in timings},
+                                   workers))
+            print()
+    finally:
+        if store is not None:
+            store.close()
+    return 0
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
 
@@ -85,13 +133,17 @@ def main(argv=None):
                 d = load(i, args.experiments)
                 print("%-10s %-18s %s" % (i, d["kind"], d.get("title") or d.get("caption", "")))
             return 0
-        defns = [load(i, args.experiments) for i in _ids(args.what, args.names, args.experiments)]
         data_dirs = {"voc": args.voc_dir, "cityscapes": args.cityscapes_dir,
                      "synthetic": args.synthetic_dir}
         store_path = args.store or os.path.join(args.results, "store.h5")
+        if args.what == "plan":
+            return _plan(args, data_dirs, store_path)
+        defns = [load(i, args.experiments) for i in _ids(args.what, args.names, args.experiments)]
+        executor, unit_images = (None, None) if args.no_run or args.what == "check" else \
+            executor_from_args(args, args.gpu)
         status = 0
         for defn in defns:
-            status = max(status, _one(defn, args, data_dirs, store_path))
+            status = max(status, _one(defn, args, data_dirs, store_path, executor, unit_images))
         return status
 
     return run_cli(body, resume_hint=RESUME_HINT)

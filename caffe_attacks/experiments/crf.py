@@ -13,6 +13,7 @@ from caffe_attacks.experiments.definitions import (EXPERIMENTS_DIR, ExperimentEr
                                                    crf_variant_query, load, sweep_points)
 from caffe_attacks.experiments.jobs import EnsureReport, Job, run_job
 from caffe_attacks.experiments.transfer import ExperimentSession, describe_run, missing_inputs
+from caffe_attacks.runner.units import DEFAULT_UNIT_IMAGES
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,9 @@ def run_experiment(defn, context):
         try:
             run_job(job, context["store_path"], context.get("data_dirs"),
                     context.get("weights_dir", "weights"), context.get("limit"),
-                    context.get("progress", True), context.get("gpu"), crf=crf)
+                    context.get("progress", True), context.get("gpu"), crf=crf,
+                    executor=context.get("executor"),
+                    unit_images=context.get("unit_images", DEFAULT_UNIT_IMAGES))
             report.ran.append(what)
         except UsageError as e:
             report.failed.append((what, str(e)))

@@ -10,6 +10,7 @@ from caffe_attacks.experiments import crf, transfer
 from caffe_attacks.experiments.definitions import EXPERIMENTS_DIR
 from caffe_attacks.experiments.examples import default_examples_dir, example_jobs, save_examples
 from caffe_attacks.experiments.jobs import EnsureReport, check_job, plan, queries_of, run_job
+from caffe_attacks.runner.units import DEFAULT_UNIT_IMAGES
 
 # Experiment runners: run_experiment(defn, context) -> EnsureReport.
 RUNNERS = {"crf": crf.run_experiment, "transfer": transfer.run_experiment}
@@ -26,14 +27,16 @@ def runner_of(defn):
 
 
 def ensure(defn, store_path, data_dirs=None, weights_dir="weights", limit=None,
-           progress=True, gpu=None, examples_dir=None, overrides=None, experiments_dir=None):
+           progress=True, gpu=None, examples_dir=None, overrides=None, experiments_dir=None,
+           executor=None, unit_images=DEFAULT_UNIT_IMAGES):
     """Run whatever ``defn`` needs that the store lacks; never raises for missing inputs.
 
     overrides: {model: {"weights": path, "protocol": input block}} (see check_job).
 
     A definition whose kind (or own "runner" field) names an experiment runner
     is handed to it; context is a dict with store_path, data_dirs,
-    weights_dir, limit, progress, gpu, experiments_dir.
+    weights_dir, limit, progress, gpu, experiments_dir, executor, unit_images.
+    executor: where the runs' units go (None: this process; see .executors).
     """
     name = runner_of(defn)
     if name:
@@ -45,7 +48,8 @@ def ensure(defn, store_path, data_dirs=None, weights_dir="weights", limit=None,
         return RUNNERS[name](defn, dict(
             store_path=store_path, data_dirs=data_dirs or {}, weights_dir=weights_dir,
             limit=limit, progress=progress, gpu=gpu,
-            experiments_dir=experiments_dir or EXPERIMENTS_DIR))
+            experiments_dir=experiments_dir or EXPERIMENTS_DIR, executor=executor,
+            unit_images=unit_images))
     report = EnsureReport()
     examples = defn["kind"] in EXAMPLE_KINDS
     jobs = example_jobs(defn) if examples else plan(queries_of(defn))
@@ -64,7 +68,8 @@ def ensure(defn, store_path, data_dirs=None, weights_dir="weights", limit=None,
                               data_dirs, weights_dir, gpu=gpu, override=override)
             else:
                 report.ids[(job.model, job.dataset, job.split)] = run_job(
-                    job, store_path, data_dirs, weights_dir, limit, progress, gpu, override)
+                    job, store_path, data_dirs, weights_dir, limit, progress, gpu, override,
+                    executor=executor, unit_images=unit_images)
             report.ran.append(job.describe())
         except UsageError as e:
             report.failed.append((job.describe(), str(e)))

@@ -14,6 +14,7 @@ from caffe_attacks import zoo
 from caffe_attacks.experiments.definitions import DATA_VARIABLE, Cell, table_cells
 from caffe_attacks.runner import RunOptions
 from caffe_attacks.runner.registry import names as attack_names
+from caffe_attacks.runner.units import DEFAULT_UNIT_IMAGES
 from caffe_attacks.runner.whitebox import run_white_box
 
 @dataclass
@@ -151,14 +152,16 @@ def job_options(job, data_dirs, weights_dir, limit=None, gpu=None, override=None
 
 
 def run_job(job, store_path, data_dirs, weights_dir, limit=None, progress=True, gpu=None,
-            override=None, crf=None):
+            override=None, crf=None, executor=None, unit_images=DEFAULT_UNIT_IMAGES):
     """Run one job through the runner (resumable); returns the ids it covered.
 
     crf: a CRF variant's record field (see :func:`job_options`).
+    executor: None runs here; else units of ``unit_images`` images go to its workers.
     Raises UsageError with the runner's message for anything it rejects.
     """
     options = job_options(job, data_dirs, weights_dir, limit, gpu, override, crf, progress)
-    return run_white_box(options, store_path, progress=progress).ids
+    return run_white_box(options, store_path, progress=progress, executor=executor,
+                         unit_images=unit_images).ids
 
 
 @dataclass

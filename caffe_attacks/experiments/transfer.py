@@ -10,6 +10,7 @@ from caffe_attacks.errors import UsageError
 from caffe_attacks.experiments.jobs import EnsureReport, Job, Missing, check_job, data_dir_for
 from caffe_attacks.runner import RunOptions, image_ids, open_data
 from caffe_attacks.runner.transfer import resolve_net, run_transfer
+from caffe_attacks.runner.units import DEFAULT_UNIT_IMAGES
 from caffe_attacks.store import ResultsStore
 from caffe_attacks.zoo.multiscale import parse_member
 
@@ -73,12 +74,16 @@ class ExperimentSession:
             gpu=context.get("gpu"), quiet=not context.get("progress", True),
             attacks=(), eps=(0.0,))
         self.dataset = open_data(self.options)
+        self.executor = context.get("executor")
+        # with workers, this process only writes the store: its nets stay on the CPU
+        self.local_options = self.options if self.executor is None else \
+            self.options.replace(gpu=None, device=None)
         self.ids = image_ids(self.dataset, context.get("limit"))
         self.nets = {}
 
     def net(self, label):
         if label not in self.nets:
-            self.nets[label] = resolve_net(label, self.options, self.dataset)
+            self.nets[label] = resolve_net(label, self.local_options, self.dataset)
         return self.nets[label]
 
     def run(self, source, targets, attacks, eps):
@@ -88,7 +93,8 @@ class ExperimentSession:
         options = self.options.replace(attacks=tuple(attacks), eps=tuple(eps) or (0.0,))
         with ResultsStore(self.context["store_path"]) as store:
             run_transfer(self.dataset, self.ids, src, nets, store, options,
-                         progress=self.context.get("progress", True))
+                         progress=self.context.get("progress", True), executor=self.executor,
+                         unit_images=self.context.get("unit_images", DEFAULT_UNIT_IMAGES))
 
 
 def describe_run(source, targets, attacks, eps):

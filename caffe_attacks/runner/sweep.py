@@ -1,14 +1,15 @@
-"""A run over a dataset: resume, progress bar, batches of one canvas size; summaries."""
+"""A run over a dataset: resume, progress bar, batches of one canvas size, executors; summaries."""
 import csv
 import json
 
-from caffe_attacks.runner.pipeline import attack_batch
+from caffe_attacks.errors import UsageError
+from caffe_attacks.runner.units import DEFAULT_UNIT_IMAGES, attack_ids, make_units, todo_ids
 from caffe_attacks.store import config_key
 from caffe_attacks.strong_attacks import ATTACK_NAMES
 
 
 def sweep(dataset, ids, source, targets, store, options, examples=None, progress=True,
-          desc=None):
+          desc=None, executor=None, spec=None, unit_images=DEFAULT_UNIT_IMAGES):
     """Run :func:`~caffe_attacks.runner.pipeline.attack_batch` over every image id still lacking.
 
     An id is done when the store holds every target configuration for it (and
@@ -16,42 +17,39 @@ def sweep(dataset, ids, source, targets, store, options, examples=None, progress
     attacked ``options.batch_images`` at a time, a batch holding one canvas
     size; an image that shows examples is attacked alone. Bad samples are
     skipped when the dataset was opened with skip_bad.
+
+    executor: None attacks in this process. Otherwise an object with
+    ``run(spec, units)`` yielding ``(unit, UnitResult)`` as units
+    finish, in any order (:mod:`caffe_attacks.experiments.executors`); the
+    units are the lacking ids in chunks of ``unit_images``, ``spec`` the
+    :class:`~caffe_attacks.runner.units.WorkSpec` its workers rebuild the
+    nets from. Either way this process alone writes the store, one image at
+    a time, so a killed driver resumes from it like a single-process run.
     """
     from tqdm import tqdm
-    keys = [config_key(c) for t in targets for _, _, c in t.configs]
-    todo = [i for i in ids if not all(store.has(k, i) for k in keys)]
+    todo = todo_ids(ids, targets, store)
     example_ids = set(ids[:examples.count]) if examples is not None else set()
     if example_ids:
         todo = sorted(set(todo) | {i for i in example_ids if not examples.exists(i)},
                       key=ids.index)
     bar = tqdm(total=len(ids), initial=len(ids) - len(todo), unit="img",
                desc=(desc or source.name)[:24], disable=not progress, dynamic_ncols=True)
-    pending = []    # samples waiting to fill a batch of one canvas size
-
-    def canvas(sample):
-        return source.protocol.placement(sample.image.shape[:2]).canvas_hw
-
-    def flush():
-        if pending:
-            attack_batch(pending, source, targets, store, options)
-            bar.update(len(pending))
-            pending.clear()
-
-    for image_id in todo:
-        sample = dataset.try_load(image_id)
-        if sample is None:
-            bar.update(1)
-        elif options.batch_images == 1 or image_id in example_ids:
-            attack_batch([sample], source, targets, store, options,
-                         examples if image_id in example_ids else None)
-            bar.update(1)
-        else:
-            if pending and canvas(pending[0]) != canvas(sample):
-                flush()
-            pending.append(sample)
-            if len(pending) == options.batch_images:
-                flush()
-    flush()
+    if executor is None:
+        attack_ids(dataset, todo, source, targets, store, options, examples, example_ids,
+                   on_image=bar.update)
+    else:
+        if example_ids:
+            raise UsageError("--save-examples runs in one process; drop --workers/--executor")
+        if spec is None:
+            raise ValueError("an executor needs the WorkSpec its workers load")
+        units = make_units(todo, targets, store, unit_images)
+        for done, (unit, result) in enumerate(executor.run(spec, units), 1):
+            for records in result.images:
+                store.add_image(records)
+            # the workers' bad samples, as if this process had skipped them
+            dataset.skipped.extend(result.skipped)
+            bar.update(len(unit.ids))
+            bar.set_postfix_str("units %d/%d" % (done, len(units)), refresh=False)
     bar.close()
 
 

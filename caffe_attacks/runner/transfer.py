@@ -19,36 +19,29 @@ blob); the clean record of a target carries no source (it does not depend on
 one) and so is shared with the white-box run's. A run from a net to itself
 therefore reproduces the white-box numbers under a different key.
 """
-from caffe_attacks.runner.pipeline import (Target, make_configs, record_base,
-                                           transfer_source_fields)
-from caffe_attacks.runner.resolve import check_classes, resolve_model
 from caffe_attacks.runner.sweep import summarize, sweep
+from caffe_attacks.runner.units import (DEFAULT_UNIT_IMAGES, WorkSpec, resolve_net,
+                                        transfer_targets)
+
+__all__ = ["resolve_net", "transfer_targets", "run_transfer", "transfer_spec"]
 
 
-def resolve_net(label, options, dataset=None, weights=None):
-    """The net ``label`` (``NAME[@VARIANT]``) under ``options``; weights: a caffemodel or None.
-
-    dataset: when given, the net must predict its classes.
-    """
-    rm = resolve_model(options.replace(model=label, weights=weights, prototxt=None))
-    if dataset is not None:
-        check_classes(rm, dataset, options.dataset)
-    return rm
+def transfer_spec(source, targets, options):
+    """The WorkSpec of a transfer: workers resolve the nets by label and weights file."""
+    return WorkSpec(options, ((source.name, source.weights_path),
+                              tuple((t.name, t.weights_path) for t in targets)))
 
 
-def transfer_targets(source, targets, options):
-    """[Target] of each target net: its white-box configurations plus ``"source"``."""
-    src = transfer_source_fields(source, options)
-    return [Target(t, make_configs(record_base(t, options), options, source=src))
-            for t in targets]
-
-
-def run_transfer(dataset, ids, source, targets, store, options, progress=True):
+def run_transfer(dataset, ids, source, targets, store, options, progress=True, executor=None,
+                 unit_images=DEFAULT_UNIT_IMAGES):
     """Craft on ``source``, evaluate on every target over ``ids`` (resuming).
 
+    executor: None runs here; else the units go to its workers (see
+    :func:`caffe_attacks.runner.sweep.sweep`).
     Returns {target name: summary rows}.
     """
     plan = transfer_targets(source, targets, options)
+    spec = transfer_spec(source, targets, options) if executor is not None else None
     sweep(dataset, ids, source, plan, store, options, progress=progress,
-          desc="%s->" % source.name)
+          desc="%s->" % source.name, executor=executor, spec=spec, unit_images=unit_images)
     return {t.model.name: summarize(store, t.configs, ids, with_source=True) for t in plan}

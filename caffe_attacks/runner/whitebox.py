@@ -9,6 +9,7 @@ from caffe_attacks.runner.registry import record_options
 from caffe_attacks.runner.resolve import (ResolvedModel, check_classes, image_ids, open_data,
                                           resolve_model, set_blas_threads)
 from caffe_attacks.runner.sweep import summarize, sweep
+from caffe_attacks.runner.units import DEFAULT_UNIT_IMAGES, WorkSpec
 from caffe_attacks.store import ResultsStore
 
 
@@ -22,15 +23,19 @@ class WhiteBoxRun:
     rows: List[dict]
 
 
-def run_white_box(options, store_path, progress=None):
+def run_white_box(options, store_path, progress=None, executor=None,
+                  unit_images=DEFAULT_UNIT_IMAGES):
     """Attack, resumably, everything ``options`` asks for into the store at ``store_path``.
 
     The store is opened only once the data and the model resolved.
     progress: show a progress bar (default: not ``options.quiet``).
+    executor: None attacks here; else units of ``unit_images`` images go to its
+    workers and this process only writes the store (it loads the net on the
+    CPU, for the records' configuration; see :func:`caffe_attacks.runner.sweep.sweep`).
     """
     dataset = open_data(options)
     set_blas_threads(options.blas_threads)
-    rm = resolve_model(options)
+    rm = resolve_model(options if executor is None else options.replace(gpu=None, device=None))
     check_classes(rm, dataset, options.dataset)
     ids = image_ids(dataset, options.limit)
     configs = make_configs(record_base(rm, options), options)
@@ -40,7 +45,8 @@ def run_white_box(options, store_path, progress=None):
                                  dataset.palette)
     with ResultsStore(store_path) as store:
         sweep(dataset, ids, rm, [Target(rm, configs)], store, options, examples=examples,
-              progress=not options.quiet if progress is None else progress)
+              progress=not options.quiet if progress is None else progress,
+              executor=executor, spec=WorkSpec(options), unit_images=unit_images)
         if "sea" in options.attacks:
             members = {(a, e): c for a, e, c in configs}
             sea = strong.sea_configs(members, record_options(options, "sea"), options.eps, ids)
