@@ -122,3 +122,11 @@ figures: setup
 
 experiments-list: setup
 	$(PY) -m caffe_attacks.experiments list
+
+.PHONY: report
+## report: results/report/index.html, every table beside the paper, the figures and the
+## provenance, from RESULTS/store.h5 and the demo's RESULTS/demo/store.h5 (runs nothing)
+report: setup
+	$(PY) -m caffe_attacks.experiments report --results $(RESULTS) --weights-dir $(WEIGHTS_DIR) \
+		$(if $(VOC_DIR),--voc-dir $(VOC_DIR)) $(if $(CITYSCAPES_DIR),--cityscapes-dir $(CITYSCAPES_DIR)) \
+		$(if $(SYNTHETIC_DIR),--synthetic-dir $(SYNTHETIC_DIR))
