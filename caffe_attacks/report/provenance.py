@@ -75,6 +75,17 @@ def _text(value):
     return str(value)
 
 
+def manifest_entry(model, manifest=None):
+    """The manifest entry of a record's model name (``NAME@VARIANT``: NAME's), or None."""
+    base = model.split("@")[0]
+    for name in dict.fromkeys((model, base, base.replace("+crf", ""))):
+        try:
+            return W.model_entry(name, manifest)
+        except KeyError:
+            continue
+    return None
+
+
 def weights_verdict(model, md5, weights_dir="weights", manifest=None):
     """(weights file, present, verdict, css class, expected md5) of a record's weights.
 
@@ -82,9 +93,8 @@ def weights_verdict(model, md5, weights_dir="weights", manifest=None):
     """
     if not md5:
         return "", False, "no weights (random initialisation)", "warn", None
-    try:
-        entry = W.model_entry(model.split("@")[0].replace("+crf", ""), manifest)
-    except KeyError:
+    entry = manifest_entry(model, manifest)
+    if entry is None:
         return "", False, "unverified (not a manifest model)", "warn", None
     path = W.weights_file(entry, weights_dir)
     status = W.compare(md5, entry.get("md5"), bool(entry.get("md5_truncated")))
@@ -96,11 +106,9 @@ def weights_verdict(model, md5, weights_dir="weights", manifest=None):
     return str(path), path.is_file(), label, css, entry.get("md5")
 
 
-def _title(model):
-    try:
-        return W.model_entry(model.split("@")[0].replace("+crf", "")).get("title", "")
-    except KeyError:
-        return ""
+def _title(model, manifest=None):
+    entry = manifest_entry(model, manifest)
+    return entry.get("title", "") if entry else ""
 
 
 def _device(config):
@@ -133,10 +141,14 @@ def _date_range(values):
     return lo if lo == hi else "%s to %s" % (lo, hi)
 
 
-def collect(store, weights_dir="weights"):
-    """[ModelProvenance] of every net with records in ``store`` (None: empty list), by model."""
+def collect(store, weights_dir="weights", manifest=None):
+    """[ModelProvenance] of every net with records in ``store`` (None: empty list), by model.
+
+    manifest: the weights manifest (default: weights_manifest.json).
+    """
     if store is None:
         return []
+    manifest = manifest or W.load_manifest()
     groups = {}
     for key, config in sorted(store.configs().items()):
         ident = (config.get("model", "?"), config.get("weights_md5"), config.get("engine", "?"))
@@ -146,7 +158,7 @@ def collect(store, weights_dir="weights"):
         if isinstance(source, dict) and source.get("model"):
             s_ident = (source["model"], source.get("weights_md5"), source.get("engine", "?"))
             groups.setdefault(s_ident, _Group()).sources += 1
-    return [g.finish(ident, weights_dir) for ident, g in
+    return [g.finish(ident, weights_dir, manifest) for ident, g in
             sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0]))]
 
 
@@ -196,11 +208,12 @@ class _Group:
                 elif isinstance(value, (str, bytes, int, float)):
                     self.other.setdefault(name, set()).add(_text(value))
 
-    def finish(self, ident, weights_dir):
+    def finish(self, ident, weights_dir, manifest):
         model, md5, engine = ident
-        path, present, verdict, css, expected = weights_verdict(model, md5, weights_dir)
+        path, present, verdict, css, expected = weights_verdict(model, md5, weights_dir,
+                                                                manifest)
         return ModelProvenance(
-            model=model, title=_title(model), weights_md5=md5 or "", weights_file=path,
+            model=model, title=_title(model, manifest), weights_md5=md5 or "", weights_file=path,
             weights_present=present, verdict=verdict, verdict_class=css, expected_md5=expected,
             engine=engine, device=", ".join(sorted(self.devices)) or NOT_RECORDED,
             versions=sorted(self.versions), software={k: sorted(v) for k, v in
