@@ -47,6 +47,7 @@ class Browser:
         # the shell puts the pipe ends on fds 3 and 4, where the browser expects them (the
         # originals stay open too: one of them may already be fd 3 or 4)
         script = 'exec "$@" 3<&%d 4>&%d' % (cmd_read, out_write)
+        os.makedirs(profile_dir, exist_ok=True)
         self._log = open(os.path.join(profile_dir, "chromium.log"), "wb")
         self.proc = subprocess.Popen(["bash", "-c", script, "bash"] + args,
                                      pass_fds=(cmd_read, out_write), stdin=subprocess.DEVNULL,
