@@ -304,7 +304,8 @@ def test_weights_verdict_without_weights_or_manifest_entry():
 def test_provenance_shows_what_records_hold(tmp_path):
     path = make_store(str(tmp_path / "store.h5"), extra={
         "software": {"caffe_attacks": "9.9", "git_commit": "abc123", "caffe": "build-7"},
-        "device": "cpu", "forward_passes": 7, "seed": 3})
+        "device": "cpu", "forward_passes": 7, "passes": {"forward": 3, "backward": 2},
+        "seed": 3})
     with ResultsStore(path, readonly=True) as store:
         (net,) = provenance.collect(store)
     assert (net.model, net.verdict, net.engine) == ("tiny_synthetic", "verified", "caffe")
@@ -313,7 +314,8 @@ def test_provenance_shows_what_records_hold(tmp_path):
     assert net.seconds == pytest.approx(4 * 0.25)
     assert net.software == {"caffe": ["build-7"], "caffe_attacks": ["9.9"],
                             "git_commit": ["abc123"]}
-    assert net.passes == {"forward_passes": 7}
+    # per-image counts of the FGSM configuration, over its two records
+    assert net.passes == {"forward_passes": 14, "forward": 6, "backward": 4}
     assert net.other == {"seed": ["3"]}
     # the clean configuration records no device: both are said
     assert net.device == "cpu, " + provenance.NOT_RECORDED

@@ -162,6 +162,21 @@ def collect(store, weights_dir="weights", manifest=None):
             sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0]))]
 
 
+def _pass_counts(name, value):
+    """{what: passes} of a field counting passes (``"passes": {"forward": n, ...}`` or
+    ``"forward_passes": n``), or {} for any other field."""
+    if PASS_WORD not in name:
+        return {}
+    if isinstance(value, bool):
+        return {}
+    if isinstance(value, (int, float)):
+        return {name: value}
+    if isinstance(value, dict) and value and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()):
+        return dict(value)
+    return {}
+
+
 class _Group:
     """Accumulates the configurations and records of one net."""
 
@@ -183,15 +198,19 @@ class _Group:
         self.devices.add(_device(config))
         for name, value in _software(config).items():
             self.software.setdefault(name, set()).add(_text(value))
+        rows = store.records(key)
         for name, value in config.items():
             if name in KNOWN_CONFIG_FIELDS or name in SOFTWARE_FIELDS:
                 continue
-            if PASS_WORD in name and isinstance(value, (int, float)):
-                self.passes[name] = self.passes.get(name, 0) + value
+            per_image = _pass_counts(name, value)
+            if per_image:
+                # a configuration's pass counts are per image: every record took them
+                for what, n in per_image.items():
+                    self.passes[what] = self.passes.get(what, 0) + n * len(rows)
             else:
                 self.other.setdefault(name, set()).add(_text(value))
         ids = self.ids.setdefault("%s/%s" % (config.get("dataset"), config.get("split")), set())
-        for row in store.records(key):
+        for row in rows:
             self.n_records += 1
             ids.add(_text(row["id"]))
             self.versions.add(_text(row.get("version", NOT_RECORDED)))
@@ -201,8 +220,9 @@ class _Group:
                     continue
                 value = value.item() if hasattr(value, "item") and getattr(value, "size", 1) == 1 \
                     else value
-                if PASS_WORD in name and isinstance(value, (int, float)):
-                    self.passes[name] = self.passes.get(name, 0) + value
+                if _pass_counts(name, value):
+                    for what, n in _pass_counts(name, value).items():
+                        self.passes[what] = self.passes.get(what, 0) + n
                 elif any(w in name for w in DATE_WORDS):
                     self.dates.append(value)
                 elif isinstance(value, (str, bytes, int, float)):
