@@ -330,6 +330,37 @@ def test_provenance_of_a_store_without_new_fields_says_not_recorded(tmp_path):
     assert net.versions == [Record.__dataclass_fields__["version"].default]
 
 
+class RowsStore:
+    """A stand-in store: configurations and their record rows as a store returns them."""
+
+    def __init__(self, rows_by_config):
+        self._configs = {"k%d" % i: c for i, (c, _) in enumerate(rows_by_config)}
+        self._rows = {"k%d" % i: r for i, (_, r) in enumerate(rows_by_config)}
+
+    def configs(self):
+        return dict(self._configs)
+
+    def records(self, key):
+        return self._rows[key]
+
+
+def test_provenance_reads_each_records_software(tmp_path):
+    software = {"caffe_attacks": "0.2.0", "git_commit": "0123abc+dirty",
+                "caffe": "brocolli-caffe==9.0.2 gpu=0", "torch": None}
+    row = lambda i, sw: {"id": "img%d" % i, "version": b"0.2.0", "seconds": 1.0,
+                         "software": sw}
+    store = RowsStore([(config("clean", 0), [row(0, json.dumps(software)), row(1, "")]),
+                       (config("fgsm", 2), [row(0, dict(software, git_commit="fedcba9")),
+                                            row(1, None)])])
+    (net,) = provenance.collect(store)
+    assert net.software == {"caffe": ["brocolli-caffe==9.0.2 gpu=0"],
+                            "caffe_attacks": ["0.2.0"],
+                            "git_commit": ["0123abc+dirty", "fedcba9"], "torch": ["none"]}
+    assert net.records_without_software == 2
+    assert net.versions == ["0.2.0"]
+    assert net.datasets == [("synthetic/val", 2)] and net.n_records == 4
+
+
 def test_cli_writes_the_report_and_refuses_names(setup, capsys):
     from caffe_attacks.experiments.__main__ import main
     out = os.path.join(setup["results"], "elsewhere")

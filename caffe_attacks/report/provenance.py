@@ -24,11 +24,12 @@ NOT_RECORDED = "not recorded"
 KNOWN_CONFIG_FIELDS = {"model", "weights_md5", "dataset", "split", "protocol", "engine",
                        "score_blob", "attack", "eps", "options", "source", "crf", "member",
                        "device", "gpu"}
-# Where a record may keep its software versions (a dict of name -> version).
+# Where a configuration may keep software versions (a dict of name -> version); a
+# record's own "software" column (JSON text or a dict, empty for old records) is read too.
 SOFTWARE_FIELDS = ("software", "versions", "environment")
 # Per-record columns the store always has; any other column is shown as recorded.
 STANDARD_COLUMNS = {"id", "cm_clean", "cm_adv", "conf_sum", "ent_sum", "npix", "max_delta",
-                    "seconds", "version"}
+                    "seconds", "version", "software"}
 DATE_WORDS = ("date", "time", "started", "finished", "created")
 PASS_WORD = "pass"
 
@@ -56,6 +57,7 @@ class ModelProvenance:
     device: str
     versions: list                      # distinct per-record project versions
     software: dict                      # name -> sorted distinct values
+    records_without_software: int
     datasets: list                      # [(dataset/split, n images)]
     n_configs: int = 0
     n_records: int = 0
@@ -68,6 +70,8 @@ class ModelProvenance:
 
 def _text(value):
     """A stored value as text (HDF5 gives bytes for strings)."""
+    if value is None:
+        return "none"
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, (dict, list)):
@@ -125,6 +129,18 @@ def _software(config):
         if isinstance(value, dict):
             return value
     return {}
+
+
+def _record_software(value):
+    """A record's software versions as a dict ({} when it has none)."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except ValueError:
+            return {"software": value}
+    return value if isinstance(value, dict) else {}
 
 
 def _date_range(values):
@@ -192,6 +208,7 @@ class _Group:
         self.passes = {}
         self.other = {}
         self.sources = 0
+        self.no_software = 0        # records that say nothing of their software
 
     def add(self, store, key, config):
         self.configs.append(config)
@@ -214,6 +231,12 @@ class _Group:
             self.n_records += 1
             ids.add(_text(row["id"]))
             self.versions.add(_text(row.get("version", NOT_RECORDED)))
+            software = _record_software(row.get("software"))
+            if software:
+                for name, value in software.items():
+                    self.software.setdefault(name, set()).add(_text(value))
+            else:
+                self.no_software += 1
             self.seconds += float(row.get("seconds", 0.0))
             for name, value in row.items():
                 if name in STANDARD_COLUMNS:
@@ -236,8 +259,9 @@ class _Group:
             model=model, title=_title(model, manifest), weights_md5=md5 or "", weights_file=path,
             weights_present=present, verdict=verdict, verdict_class=css, expected_md5=expected,
             engine=engine, device=", ".join(sorted(self.devices)) or NOT_RECORDED,
-            versions=sorted(self.versions), software={k: sorted(v) for k, v in
+            versions=sorted(self.versions), software={k: sorted(v, key=str) for k, v in
                                                       sorted(self.software.items())},
+            records_without_software=self.no_software if self.software else 0,
             datasets=[(k, len(v)) for k, v in sorted(self.ids.items()) if v],
             n_configs=len(self.configs), n_records=self.n_records, seconds=self.seconds,
             dates=_date_range(self.dates) or NOT_RECORDED, passes=dict(sorted(self.passes.items())),
