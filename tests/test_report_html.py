@@ -201,6 +201,28 @@ def test_a_changed_record_changes_the_page(setup):
     assert after.counts["table_A99"]["beyond_3"] == 2
 
 
+def test_a_cell_whose_inputs_are_there_is_just_not_run_yet(setup, tmp_path):
+    _, report = write(setup, data_dirs={"synthetic": str(tmp_path)})
+    (summary,) = report.summaries
+    assert [(n.reason, n.cells) for n in summary.not_run] == [
+        ("not run yet (its weights and data are there)", 1)]
+    assert summary.command == "make table-A99"
+
+
+def test_a_row_the_table_never_runs_says_so(setup):
+    defn = write_definition(setup["exp"], 1.0, 2.0, 3.0)
+    defn["rows"].append({"label": "test split", "attack": "fgsm", "split": "test", "run": False,
+                         "note": "scored by a server", "paper": [5.0, 6.0]})
+    with open(os.path.join(setup["exp"], "table_A99.json"), "w") as f:
+        json.dump(defn, f)
+    _, report = write(setup)
+    (summary,) = report.summaries
+    reasons = {n.reason: n.cells for n in summary.not_run}
+    assert reasons == {"needs the synthetic dataset: pass SYNTHETIC_DIR=/path/to/it": 1,
+                       "not run by this table: scored by a server": 2}
+    assert summary.counts["not_run"] == 3
+
+
 def test_the_hover_is_the_stored_configuration(setup):
     _, report = write(setup)
     cell = report.tables[0].rows[0].cells[1]

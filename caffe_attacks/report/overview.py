@@ -100,6 +100,12 @@ class Reasons:
     def of(self, defn, cell):
         """([(what, reason)], [make variables]) for a cell of ``defn`` without a number."""
         q = cell.query
+        row = defn["rows"][cell.row]
+        if row.get("run") is False:
+            # no input makes this table run it (e.g. a test split scored by a server)
+            why = "not run by this table: %s" % (row.get("note") or row.get("note_run") or
+                                                 "its row says run: false")
+            return [(why, why)], []
         base_model = str(q.get("model", "")).split("@")[0]
         missing = self.missing(base_model, q.get("dataset"), q.get("split", "val"))
         if missing:
@@ -114,7 +120,7 @@ class Reasons:
             return [(m.what, re.sub(r"^\S+ needs", "needs", m.message) if
                      m.what.startswith("data:") else m.message) for m in missing], variables
         if not cell.runnable:
-            hint = defn["rows"][cell.row].get("note_run") or "made by the experiment's own runner"
+            hint = row.get("note_run") or "made by the experiment's own runner"
             return [("not run", "not run yet: %s" % hint)], []
         return [("not run", "not run yet (its weights and data are there)")], []
 
