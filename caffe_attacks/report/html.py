@@ -177,7 +177,8 @@ def table_view(defn, table, store, reasons, store_label):
         for row, d_row in zip(rows, defn["rows"]):
             for cell in row.cells:
                 if cell.status not in ("text", "paper_only"):
-                    cell.hover = "parameters of prototxt/%s.prototxt x 4 bytes, MiB" % d_row["model"]
+                    cell.hover = ("parameters of prototxt/%s.prototxt x 4 bytes, MiB"
+                                  % d_row["model"])
     return TableView(defn["id"], table.title, defn.get("caption", ""), list(table.col_labels),
                      rows, list(table.notes), table.partial, table.has_paper,
                      overview.summarize(defn, table, reasons), store_label)
