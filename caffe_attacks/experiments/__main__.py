@@ -24,7 +24,8 @@ def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m caffe_attacks.experiments",
         description="Run what a supplementary table or figure needs (resumably), then render "
-                    "it beside the paper's values.")
+                    "it beside the paper's values; 'report' writes RESULTS/report/index.html, "
+                    "every table, figure and provenance from the stores (runs nothing).")
     p.add_argument("what", choices=("table", "figure", "list", "check", "report"))
     p.add_argument("names", nargs="*", help="A5, table_A5, fig_A4 ... or 'all'")
     p.add_argument("--results", default="results", help="results folder (store.h5 inside)")
