@@ -7,6 +7,7 @@ APT_PACKAGES := build-essential patchelf libboost-system-dev libboost-thread-dev
 	libboost-filesystem-dev libboost-python-dev libboost-regex-dev \
 	libprotobuf-dev protobuf-compiler libgoogle-glog-dev libgflags-dev \
 	libhdf5-dev libopenblas-dev
+APT_OPTIONAL := chromium
 PYTEST_ARGS ?=
 TORCH_WHEELS ?= /opt/wheels
 
@@ -26,6 +27,15 @@ apt:
 	  if [ "$$(id -u)" != 0 ]; then echo "[setup] need root for apt-get (or install: $$missing)"; exit 1; fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@# optional: a headless browser for the report's browser test (it skips without one)
+	@for p in $(APT_OPTIONAL); do dpkg -s $$p >/dev/null 2>&1 && continue; \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "[setup] installing optional Debian package: $$p"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$p; } \
+	      >/dev/null 2>&1 || \
+	      echo "[setup] could not install $$p: the report's browser test will skip"; \
+	  else echo "[setup] optional $$p not installed: the report's browser test will skip"; fi; \
+	done
 
 # Every pip install below takes requirements.lock as constraints: the exact
 # versions the suite passed with (`make lock` rewrites it from this venv).
@@ -162,3 +172,11 @@ experiments-list: setup
 ## plan-A5 (A1..A18): what table A5 costs (units, images, passes); MEASURE=1 times each net
 plan-A%: setup
 	$(PY) -m caffe_attacks.experiments plan table A$* $(EXPERIMENT_ARGS) $(if $(MEASURE),--measure)
+
+.PHONY: report
+## report: results/report/index.html, every table beside the paper, the figures and the
+## provenance, from RESULTS/store.h5 and the demo's RESULTS/demo/store.h5 (runs nothing)
+report: setup
+	$(PY) -m caffe_attacks.experiments report --results $(RESULTS) --weights-dir $(WEIGHTS_DIR) \
+		$(if $(VOC_DIR),--voc-dir $(VOC_DIR)) $(if $(CITYSCAPES_DIR),--cityscapes-dir $(CITYSCAPES_DIR)) \
+		$(if $(SYNTHETIC_DIR),--synthetic-dir $(SYNTHETIC_DIR))

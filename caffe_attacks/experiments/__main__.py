@@ -1,8 +1,10 @@
-"""``python -m caffe_attacks.experiments table|figure|list|check NAMES``: run, then render.
+"""``python -m caffe_attacks.experiments table|figure|list|check NAMES``: run, then render;
+``... report``: the HTML reproduction report from the stores (runs nothing).
 
 A thin CLI: what a table or figure needs runs through
 :func:`caffe_attacks.experiments.ensure` (resumably), then
-:func:`caffe_attacks.report.render` writes it from the store.
+:func:`caffe_attacks.report.render` writes it from the store;
+:func:`caffe_attacks.report.html.write_report` writes RESULTS/report/index.html.
 """
 import argparse
 import os
@@ -13,6 +15,7 @@ from caffe_attacks.errors import UsageError
 from caffe_attacks.experiments import (EXPERIMENTS_DIR, check_job, ensure, list_ids, load,
                                        normalize_id, plan, queries_of)
 from caffe_attacks.report import render
+from caffe_attacks.report.html import default_stores, write_report
 
 RESUME_HINT = "finished images are saved: run the same command to resume"
 
@@ -21,12 +24,17 @@ def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m caffe_attacks.experiments",
         description="Run what a supplementary table or figure needs (resumably), then render "
-                    "it beside the paper's values.")
-    p.add_argument("what", choices=("table", "figure", "list", "check", "plan"))
+                    "it beside the paper's values; 'plan' prints what tables cost; 'report' writes "
+                    "RESULTS/report/index.html, every table, figure and provenance from the stores "
+                    "(runs nothing).")
+    p.add_argument("what", choices=("table", "figure", "list", "check", "plan", "report"))
     p.add_argument("names", nargs="*", help="A5, table_A5, fig_A4 ... or 'all' "
                    "(plan: table NAMES, e.g. `plan table A5`)")
     p.add_argument("--results", default="results", help="results folder (store.h5 inside)")
     p.add_argument("--store", default=None, help="results store (default RESULTS/store.h5)")
+    p.add_argument("--demo-store", default=None,
+                   help="report: the demo's store (default RESULTS/demo/store.h5 when present)")
+    p.add_argument("--out", default=None, help="report: output folder (default RESULTS/report)")
     p.add_argument("--voc-dir", default=None)
     p.add_argument("--cityscapes-dir", default=None)
     p.add_argument("--synthetic-dir", default=None)
@@ -122,12 +130,44 @@ def _plan(args, data_dirs, store_path):
     return 0
 
 
+def _report(args):
+    """Write the HTML report from the stores; runs nothing."""
+    if args.names:
+        raise UsageError("report takes no names (it shows every definition)")
+    stores = default_stores(args.results)
+    if args.store:
+        stores["results"] = args.store
+        if not args.demo_store and stores["demo"] == os.path.join(args.results, "store.h5"):
+            stores["demo"] = args.store
+    if args.demo_store:
+        stores["demo"] = args.demo_store
+    data_dirs = {"voc": args.voc_dir, "cityscapes": args.cityscapes_dir,
+                 "synthetic": args.synthetic_dir}
+    out = args.out or os.path.join(args.results, "report")
+    path, report = write_report(out, stores, experiments_dir=args.experiments,
+                                data_dirs=data_dirs, weights_dir=args.weights_dir)
+    if not args.quiet:
+        t = report.totals
+        print("%d table(s): %d cell(s) within %g of the paper, %d within %g, %d further; "
+              "%d measured without a paper value; %d not run; %d figure(s)"
+              % (len(report.tables), t["within_1"], report.bands[0], t["within_3"],
+                 report.bands[1], t["beyond_3"], t["ours_only"], t["not_run"],
+                 len(report.figures)))
+        for label, store_path in stores.items():
+            print("%s store: %s%s" % (label, store_path,
+                                      "" if os.path.exists(store_path) else " (none: paper only)"))
+    print("wrote %s" % path)
+    return 0
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
 
     def body():
         if args.limit is not None and args.limit <= 0:
             raise UsageError("LIMIT must be positive")
+        if args.what == "report":
+            return _report(args)
         if args.what == "list":
             for i in list_ids(directory=args.experiments):
                 d = load(i, args.experiments)

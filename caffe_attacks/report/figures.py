@@ -183,7 +183,10 @@ def render_perturbation(defn, store, out_dir, examples_dir=None, **_):
     if ex is None:
         return _missing_figure(defn, out_dir, "no saved examples yet (run it with data)")
     attack = defn["attack"]
-    eps = [float(e) for e in defn["eps"] if e]
+    # the eps whose arrays were saved: examples saved for fewer eps (a partial run) draw those
+    eps = [float(e) for e in defn["eps"] if e and "delta_%s_%g" % (attack, float(e)) in ex]
+    if not eps:
+        return _missing_figure(defn, out_dir, "the saved examples have none of its eps")
     gain = defn.get("gain")     # None: 127.5 / eps, the full budget spans the range
     fig, axes = plt.subplots(len(eps), 4, figsize=(10, 2.3 * len(eps)), squeeze=False)
     for r, e in enumerate(eps):
