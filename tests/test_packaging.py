@@ -65,7 +65,10 @@ def wheel(tmp_path_factory):
 
 def _repo_data_files():
     """Repository-relative path -> package-relative path, for every bundled file."""
-    expected = {"caffe_attacks/data/tiny_synthetic.caffemodel": "data/tiny_synthetic.caffemodel"}
+    # the package's own data files (the tiny model, class-weight tables) ...
+    expected = {"caffe_attacks/data/%s" % f.name: "data/%s" % f.name
+                for f in sorted((REPO / "caffe_attacks" / "data").iterdir()) if f.is_file()}
+    # ... and the repository-root files the build copies in
     for source, destination in resources.BUNDLED.items():
         path = REPO / source
         if path.is_file():

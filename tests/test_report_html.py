@@ -53,10 +53,12 @@ def brute_miou(cms):
     return 100.0 * sum(ious) / len(ious)
 
 
-def record(cfg, image_id, cm_adv, extra_clean=None):
+def record(cfg, image_id, cm_adv, extra_clean=None, software=None):
+    """A record; software None: as written before records carried their versions."""
     cm_clean = confusion(50, 0) if extra_clean is None else extra_clean
     return Record(cfg, image_id, cm_clean, cm_adv, conf_sum=1.0, ent_sum=0.5,
-                  npix=int(cm_adv.sum()), max_delta=float(cfg["eps"]), seconds=0.25)
+                  npix=int(cm_adv.sum()), max_delta=float(cfg["eps"]), seconds=0.25,
+                  software=software)
 
 
 class PageParser(HTMLParser):
@@ -341,6 +343,18 @@ def test_provenance_shows_what_records_hold(tmp_path):
     assert net.other == {"seed": ["3"]}
     # the clean configuration records no device: both are said
     assert net.device == "cpu, " + provenance.NOT_RECORDED
+
+
+def test_provenance_reads_each_records_software_column(tmp_path):
+    path = str(tmp_path / "store.h5")
+    with ResultsStore(path) as store:
+        store.add_image([record(config("clean", 0), "img0", CLEAN[0], CLEAN[0],
+                                software={"numpy": "1.0", "caffe": "b1"})])
+        store.add_image([record(config("clean", 0), "img1", CLEAN[1], CLEAN[1],
+                                software={"numpy": "2.0", "caffe": "b1"})])
+    with ResultsStore(path, readonly=True) as store:
+        (net,) = provenance.collect(store)
+    assert net.software == {"caffe": ["b1"], "numpy": ["1.0", "2.0"]}
 
 
 def test_provenance_of_a_store_without_new_fields_says_not_recorded(tmp_path):
