@@ -30,3 +30,21 @@ def small_synthetic_voc(tmp_path_factory):
     synthetic.main(["--format", "voc", "--out", str(d), "--n", "16", "--seed", "5",
                     "--width", "48", "--height", "32"])
     return d
+
+
+def tiny_weights_path():
+    """The embedded tiny_synthetic caffemodel's path (str), or None when it is not there."""
+    from pathlib import Path
+
+    from caffe_attacks import weights as W
+    try:
+        path = Path(W.weights_file(W.model_entry("tiny_synthetic"), "weights"))
+    except KeyError:
+        return None
+    return str(path) if path.is_file() else None
+
+
+# the embedded default model: the demo-scale tests need its trained caffemodel
+requires_tiny_weights = pytest.mark.skipif(
+    tiny_weights_path() is None,
+    reason="the embedded tiny_synthetic caffemodel is not there (make train-tiny)")

@@ -17,23 +17,13 @@ import os
 import numpy as np
 import pytest
 
-from tests.conftest import requires_caffe
+from tests.conftest import requires_caffe, requires_tiny_weights
 
 EPS = [8.0, 32.0]
 N_IMAGES = 3
 
 
-def _tiny_weights():
-    from caffe_attacks import weights as W
-    try:
-        return W.weights_file(W.model_entry("tiny_synthetic"), "weights")
-    except KeyError:
-        return None
-
-
-pytestmark = [requires_caffe, pytest.mark.skipif(
-    _tiny_weights() is None or not os.path.exists(_tiny_weights()),
-    reason="the embedded tiny_synthetic caffemodel is not there (make train-tiny)")]
+pytestmark = [requires_caffe, requires_tiny_weights]
 
 
 @pytest.fixture(scope="module")

@@ -10,24 +10,14 @@ import os
 import numpy as np
 import pytest
 
-from tests.conftest import requires_caffe
+from tests.conftest import requires_caffe, requires_tiny_weights, tiny_weights_path
 
 EPS = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
 ITERATIONS = 20
 N_IMAGES = 6
 
 
-def _tiny_weights():
-    from caffe_attacks import weights as W
-    try:
-        return W.weights_file(W.model_entry("tiny_synthetic"), "weights")
-    except KeyError:
-        return None
-
-
-pytestmark = [requires_caffe, pytest.mark.skipif(
-    _tiny_weights() is None or not os.path.exists(_tiny_weights()),
-    reason="the embedded tiny_synthetic caffemodel is not there (make train-tiny)")]
+pytestmark = [requires_caffe, requires_tiny_weights]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +34,7 @@ def setting(tmp_path_factory):
     data = open_dataset("synthetic", root, "train")
     samples = [data.load(i) for i in data.ids[:N_IMAGES]]
     protocol = Protocol.from_dict(W.input_protocol("tiny_synthetic"))
-    model = CaffeNet(str(zoo.prototxt_path("tiny_synthetic")), str(_tiny_weights()))
+    model = CaffeNet(str(zoo.prototxt_path("tiny_synthetic")), tiny_weights_path())
     prepared = [protocol.prepare(s.image) for s in samples]
     x = np.concatenate([p[0] for p in prepared])
     return model, protocol, samples, [p[1] for p in prepared], x
