@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from caffe_attacks.attacks import num_iterations
-from caffe_attacks.experiments.definitions import FULL_SPLIT_SIZE
+from caffe_attacks.experiments.definitions import DATA_VARIABLE, FULL_SPLIT_SIZE
 from caffe_attacks.experiments.jobs import plan, queries_of
 from caffe_attacks.experiments.queries import default_options, find_config
 from caffe_attacks.experiments.transfer import experiment_runs
@@ -295,6 +295,10 @@ def format_plan(name, costs, timings=None, workers=1):
                 else c.run.source)
         lines.append("# %s on %s/%s: %d images, %d stored, %d unit(s)"
                      % (what, c.run.dataset, c.run.split, c.images, c.held, c.units))
+        if not c.images and (c.run.dataset, c.run.split) not in FULL_SPLIT_SIZE:
+            lines.append("# (its size is unknown here: point %s= at the %s set to count it)"
+                         % (DATA_VARIABLE.get(c.run.dataset, c.run.dataset.upper() + "_DIR"),
+                            c.run.dataset))
         for a in c.run.attacks:
             members = expand_attacks([a])
             if members != [a]:
