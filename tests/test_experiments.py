@@ -60,7 +60,7 @@ STAND_IN_TABLES = ["table_A%d" % n for n in range(5, 13)]
 
 @pytest.mark.parametrize("table", STAND_IN_TABLES)
 def test_paper_grid_tables_end_with_the_synthetic_stand_in(table):
-    """A5-A12 can run here: their last row is tiny_synthetic on the synthetic set, no paper value."""
+    """A5-A12 run here: their last row is tiny_synthetic on the synthetic set, no paper value."""
     d = E.load(table)
     *paper, stand_in = d["rows"]
     assert all(r.get("paper") is not None and r["model"] != "tiny_synthetic" for r in paper)
