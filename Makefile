@@ -173,6 +173,10 @@ experiments-list: setup
 plan-A%: setup
 	$(PY) -m caffe_attacks.experiments plan table A$* $(EXPERIMENT_ARGS) $(if $(MEASURE),--measure)
 
+## plan-B1 / plan-B2: the same for the stronger attacks' tables (SEA counted as its three APGD runs)
+plan-B%: setup
+	$(PY) -m caffe_attacks.experiments plan table B$* $(EXPERIMENT_ARGS) $(if $(MEASURE),--measure)
+
 .PHONY: report
 ## report: results/report/index.html, every table beside the paper, the figures and the
 ## provenance, from RESULTS/store.h5 and the demo's RESULTS/demo/store.h5 (runs nothing)

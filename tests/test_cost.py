@@ -93,7 +93,16 @@ def test_single_attack_closed_forms():
     (["ifgsm_ll"], [1, 4], {"ifgsm_ll_target": "clean"}),
     (["ifgsm", "ifgsm_ll"], [2, 8], {"batch_eps": True}),
     (["fgsm", "fgsm_ll", "ifgsm", "ifgsm_ll"], [0.25, 2, 8], {"batch_images": 2}),
-], ids=["fgsm", "fgsm_ll", "ifgsm", "ifgsm_ll", "ifgsm_ll-clean", "batch-eps", "all-batched"])
+    # the strong attacks: counted from the registry's per-record cost
+    (["pgd"], [2, 8], {"iterations": 3}),
+    (["segpgd", "cospgd"], [0.5, 4], {"iterations": 3}),
+    (["pgd"], [4], {"iterations": 2, "restarts": 3}),
+    (["apgd_mce", "apgd_js"], [2, 8], {"iterations": 5}),
+    (["apgd_mce_bal"], [1], {"iterations": 12}),
+    (["sea"], [2, 8], {"iterations": 4}),
+    (["ifgsm", "pgd", "sea"], [0.5, 4], {"iterations": 3, "batch_images": 2}),
+], ids=["fgsm", "fgsm_ll", "ifgsm", "ifgsm_ll", "ifgsm_ll-clean", "batch-eps", "all-batched",
+        "pgd", "segpgd-cospgd", "pgd-restarts", "apgd", "apgd-bal-12", "sea", "mixed-batched"])
 def test_plan_counts_what_the_pipeline_runs(data, tmp_path, attacks, eps, fields):
     c = planned(data, tmp_path / "s.h5", attacks, eps, **fields)
     assert c.held == 0 and c.images == 6
@@ -103,6 +112,31 @@ def test_plan_counts_what_the_pipeline_runs(data, tmp_path, attacks, eps, fields
     # and the plan of the finished store is empty
     after = planned(data, tmp_path / "s.h5", attacks, eps, **fields)
     assert after.totals() == (0, 0) and after.held == 6 and after.units == 0
+
+
+def test_strong_attacks_count_their_registry_cost_per_eps():
+    from caffe_attacks.runner.registry import cost as registry_cost
+    from caffe_attacks.strong_attacks.auto_pgd import expected_passes
+    opts = record_options(RunOptions(iterations=7, restarts=2), "pgd")
+    # PGD: the clean forward, restarts x steps, one forward per restart to keep the best
+    assert cost.attack_passes("pgd", [1, 2, 4], opts) == (3 * (1 + 14 + 2), 3 * 14)
+    assert registry_cost("pgd", opts) == {"forward": 17, "backward": 14}
+    f, b = expected_passes(300)
+    assert cost.attack_passes("apgd_js", [2]) == (f, b)
+    # SEA: its three members, nothing of its own; eps 0 is no attack
+    assert cost.attack_passes("sea", [0, 2, 8]) == (6 * f, 6 * b)
+
+
+def test_sea_plan_needs_no_passes_once_its_members_are_stored(data, tmp_path):
+    store = tmp_path / "members.h5"
+    counted_sweep(data, store, attacks=("apgd_mce", "apgd_mce_bal", "apgd_js"), eps=(2.0,),
+                  iterations=3)
+    c = planned(data, store, ["sea"], [2], iterations=3)
+    assert c.totals() == (0, 0) and c.held == 6 and c.units == 0
+    # a member computed with other options is not SEA's
+    c = planned(data, store, ["sea"], [2], iterations=4)
+    assert c.held == 0 and c.totals()[1] == 6 * 3 * cost.attack_passes("apgd_mce", [2], {
+        "iterations": 4})[1]
 
 
 def test_plan_counts_only_what_the_store_lacks(data, tmp_path):

@@ -50,6 +50,29 @@ def _clean_iou_by_model(tables, column):
     return out
 
 
+def paper_rows(defn):
+    """The rows of the paper's models (not this project's stand-in rows)."""
+    return [r for r in defn["rows"] if r.get("paper") is not None]
+
+
+STAND_IN_TABLES = ["table_A%d" % n for n in range(5, 13)]
+
+
+@pytest.mark.parametrize("table", STAND_IN_TABLES)
+def test_paper_grid_tables_end_with_the_synthetic_stand_in(table):
+    """A5-A12 run here: their last row is tiny_synthetic on the synthetic set, no paper value."""
+    d = E.load(table)
+    *paper, stand_in = d["rows"]
+    assert all(r.get("paper") is not None and r["model"] != "tiny_synthetic" for r in paper)
+    assert (stand_in["model"], stand_in["dataset"], stand_in.get("paper")) == (
+        "tiny_synthetic", "synthetic", None)
+    assert stand_in["label"].startswith("stand-in tiny_synthetic")
+    assert "stand-in" in d["caption"]
+    job = [j for j in E.plan(E.queries_of(d)) if j.model == "tiny_synthetic"]
+    assert len(job) == 1 and job[0].dataset == "synthetic" and job[0].attacks == [d["attack"]]
+    assert job[0].eps == [e for e in d["columns"]["eps"] if e]
+
+
 @pytest.mark.parametrize("tables,clean_tables,column", [
     (["table_A5", "table_A6", "table_A7", "table_A8"], ["table_A1", "table_A2"], "IoU [%]"),
     (["table_A9", "table_A10", "table_A11", "table_A12"], ["table_A3"], "IoU at 1024x512"),
@@ -59,7 +82,7 @@ def test_eps_zero_columns_agree_with_the_clean_tables(tables, clean_tables, colu
     clean = _clean_iou_by_model(clean_tables, column)
     for t in tables:
         d = E.load(t)
-        for row in d["rows"]:
+        for row in paper_rows(d):
             assert row["paper"][0] == clean[row["model"]], (t, row["label"])
 
 
@@ -69,7 +92,8 @@ def test_eps_zero_columns_agree_with_the_clean_tables(tables, clean_tables, colu
 def test_iterative_tables_equal_single_step_below_eps_one(iterative, single):
     """With alpha = 1, eps < 1 means one iteration: the paper's values coincide there."""
     a, b = E.load(iterative), E.load(single)
-    for ra, rb in zip(a["rows"], b["rows"]):
+    assert len(paper_rows(a)) == len(paper_rows(b))
+    for ra, rb in zip(paper_rows(a), paper_rows(b)):
         assert ra["model"] == rb["model"]
         assert ra["paper"][:3] == rb["paper"][:3], ra["label"]
 
@@ -104,7 +128,7 @@ def test_eps_shorthand_makes_a_clean_column_even_when_rows_name_attacks():
 
 def test_plan_groups_a_table_into_one_job_per_model():
     jobs = E.plan(E.queries_of(E.load("table_A5")))
-    assert len(jobs) == 9
+    assert len(jobs) == 10      # nine paper models and the synthetic stand-in
     j = next(j for j in jobs if j.model == "pspnet101_voc")
     assert j.attacks == ["fgsm"] and j.eps == [0.25, 0.5, 1, 2, 4, 8, 16, 32]
     clean_only = E.plan(E.queries_of(E.load("table_A2")))

@@ -9,6 +9,12 @@ with the attacks of :mod:`caffe_attacks.attacks`), image by image:
   forward+backward steps per eps, T(eps) = max(ceil(min(eps + 4, 1.25 eps)), 1);
 - Iterative FGSM II: T(eps) steps per eps (its target is recomputed every
   step), plus one forward with ``target="clean"``;
+- the strong attacks (PGD, SegPGD, CosPGD, APGD with its three losses):
+  the passes their registry entry's ``cost`` gives for one eps (the record's
+  ``"passes"``, which the runner checks against the passes the attack used),
+  once per eps, as each eps is a run of its own;
+- SEA: its three APGD members, each counted as itself; SEA's own records are
+  formed by the driver from the members' stored records, with no pass;
 - every (attack, eps) record lacking: one evaluation forward on its target;
 - an eps every target already holds is not attacked again, an image whose
   records are all stored is skipped.
@@ -24,10 +30,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from caffe_attacks.attacks import num_iterations
-from caffe_attacks.experiments.definitions import FULL_SPLIT_SIZE
+from caffe_attacks.experiments.definitions import DATA_VARIABLE, FULL_SPLIT_SIZE
 from caffe_attacks.experiments.jobs import plan, queries_of
 from caffe_attacks.experiments.queries import default_options, find_config
 from caffe_attacks.experiments.transfer import experiment_runs
+from caffe_attacks.runner import registry
+from caffe_attacks.runner.strong import expand_attacks
 
 
 def single_step_passes(eps, options):
@@ -45,20 +53,50 @@ def ifgsm_ll_passes(eps, options):
     return (fixed + steps, steps) if eps else (0, 0)
 
 
-# attack -> passes(eps list, record options) -> (forwards, backwards) of one image
+# The paper's attacks share passes across the eps of one call (one FGSM
+# gradient for every eps), which a per-record cost cannot say:
+# attack -> passes(eps list, record options) -> (forwards, backwards) of one image.
+# Every other attack is counted from its registry entry's per-record cost.
 ATTACK_PASSES = {"fgsm": single_step_passes, "fgsm_ll": single_step_passes,
                  "ifgsm": ifgsm_passes, "ifgsm_ll": ifgsm_ll_passes}
 
 
 def register_passes(attack, passes):
-    """Count the passes of an attack registered in the runner (unknown attacks count None)."""
+    """Count the passes of an attack whose eps share passes (overrides its registry cost)."""
     ATTACK_PASSES[attack] = passes
 
 
+def registry_passes(attack, eps, options):
+    """(forwards, backwards) of ``attack`` at every eps from its registry cost; None without one.
+
+    options: its record options ({} or None: the runner's defaults).
+    """
+    if attack not in registry.names():
+        return None
+    opts = options or default_options(attack)
+    per_eps = registry.cost(attack, opts)
+    if per_eps is None:
+        return None
+    return per_eps["forward"] * len(eps), per_eps["backward"] * len(eps)
+
+
 def attack_passes(attack, eps, options=None):
-    """(forwards, backwards) crafting one image at every eps of ``eps``; None if unknown."""
+    """(forwards, backwards) crafting one image at every eps of ``eps``; None if unknown.
+
+    SEA counts its three APGD members (each with SEA's record options, as the
+    runner runs them).
+    """
+    eps = sorted(float(e) for e in eps if e)
+    members = expand_attacks([attack])
+    if members != [attack]:
+        parts = [attack_passes(m, eps, options) for m in members]
+        if any(p is None for p in parts):
+            return None
+        return tuple(map(sum, zip(*parts)))
     fn = ATTACK_PASSES.get(attack)
-    return None if fn is None else fn(sorted(float(e) for e in eps if e), options or {})
+    if fn is not None:
+        return fn(eps, options or {})
+    return registry_passes(attack, eps, options)
 
 
 @dataclass
@@ -71,6 +109,10 @@ class Run:
     dataset: str
     split: str
     transfer: bool = False
+
+    def pipeline_attacks(self):
+        """The attacks the pipeline runs: SEA as its three APGD members (each once)."""
+        return expand_attacks(self.attacks)
 
 
 def table_runs(defn):
@@ -109,7 +151,8 @@ class Cost:
 def image_passes(run, missing, options_of):
     """{(net, what): (forwards, backwards)} of one image lacking the records ``missing``.
 
-    missing: set of (target, attack, eps) (attack "clean", eps 0 for a clean record).
+    missing: set of (target, attack, eps) (attack "clean", eps 0 for a clean record;
+    SEA's members, never SEA, whose records cost no pass).
     options_of: attack -> its record options.
     """
     out = {}
@@ -118,7 +161,7 @@ def image_passes(run, missing, options_of):
     for t in run.targets:
         out[(t, "clean")] = (1, 0)
     unknown = []
-    for a in run.attacks:
+    for a in run.pipeline_attacks():
         eps = sorted({e for t, aa, e in missing if aa == a})
         if not eps:
             continue
@@ -142,8 +185,10 @@ def run_cost(run, store=None, ids=None, n_images=None, unit_images=4, options_of
     (default the full split) of which the stored ids are taken to be part.
     """
     options_of = options_of or default_options
+    # what the sweep looks for: SEA's records are formed afterwards from its members'
     wanted = [(t, "clean", 0.0) for t in run.targets] + \
-        [(t, a, float(e)) for t in run.targets for a in run.attacks for e in run.eps if e]
+        [(t, a, float(e)) for t in run.targets for a in run.pipeline_attacks()
+         for e in run.eps if e]
     held = {}
     for t, a, e in wanted:
         query = {"model": t, "dataset": run.dataset, "split": run.split, "attack": a, "eps": e}
@@ -227,7 +272,7 @@ def row_order(run, net_item):
     """Nets as the run names them (source first); per net: clean, attacks, evaluation."""
     net, item = net_item
     nets = list(dict.fromkeys([run.source] + run.targets))
-    items = ["clean"] + list(run.attacks) + ["evaluation"]
+    items = ["clean"] + run.pipeline_attacks() + ["evaluation"]
     return nets.index(net), items.index(item) if item in items else len(items)
 
 
@@ -250,6 +295,15 @@ def format_plan(name, costs, timings=None, workers=1):
                 else c.run.source)
         lines.append("# %s on %s/%s: %d images, %d stored, %d unit(s)"
                      % (what, c.run.dataset, c.run.split, c.images, c.held, c.units))
+        if not c.images and (c.run.dataset, c.run.split) not in FULL_SPLIT_SIZE:
+            lines.append("# (its size is unknown here: point %s= at the %s set to count it)"
+                         % (DATA_VARIABLE.get(c.run.dataset, c.run.dataset.upper() + "_DIR"),
+                            c.run.dataset))
+        for a in c.run.attacks:
+            members = expand_attacks([a])
+            if members != [a]:
+                lines.append("# %s: formed from the records of %s, no passes of its own"
+                             % (a, ", ".join(members)))
         for (net, item), (f, b, n) in sorted(c.passes.items(), key=lambda kv: row_order(c.run,
                                                                                         kv[0])):
             line = "%-34s %-12s %7d %10d %10d" % (net[:34], item, n, f, b)
