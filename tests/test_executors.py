@@ -185,29 +185,21 @@ def run_and_kill_a_worker(run, out, marker, after_lines):
     return killed
 
 
-def test_a_killed_local_worker_unit_is_sent_again(data, reference, tmp_path, writes):
-    out = tmp_path / "kill.h5"
+@pytest.mark.parametrize("kind, process_name", [("local", "spawn_main"),
+                                                 ("ray", "ray::UnitWorker")])
+def test_a_killed_worker_unit_is_sent_again(kind, process_name, data, reference, tmp_path,
+                                            writes, request):
+    # the Ray instance only for the Ray case (starting one costs seconds)
+    executor = LocalExecutor(2) if kind == "local" else \
+        (request.getfixturevalue("ray_local"), ray_executor(2))[1]
+    out = tmp_path / ("kill_%s.h5" % kind)
     opts = options(data, out)
     rows = []
     killed = run_and_kill_a_worker(
-        lambda: rows.extend(run_white_box(opts, str(out), executor=LocalExecutor(2),
+        lambda: rows.extend(run_white_box(opts, str(out), executor=executor,
                                           unit_images=1).rows),
-        out, "spawn_main", after_lines=14)
-    assert killed is not None, "no worker was running to kill"
-    assert stored(out) == stored(reference[0])
-    assert max(writes.values()) == 1, "a record was written twice"
-    assert summary_numbers(rows) == summary_numbers(reference[1])
-
-
-def test_a_killed_ray_worker_unit_is_sent_again(data, reference, tmp_path, ray_local, writes):
-    out = tmp_path / "raykill.h5"
-    opts = options(data, out)
-    rows = []
-    killed = run_and_kill_a_worker(
-        lambda: rows.extend(run_white_box(opts, str(out), executor=ray_executor(2),
-                                          unit_images=1).rows),
-        out, "ray::UnitWorker", after_lines=14)
-    assert killed is not None, "no actor was running to kill"
+        out, process_name, after_lines=14)
+    assert killed is not None, "no %s worker was running to kill" % kind
     assert stored(out) == stored(reference[0])
     assert max(writes.values()) == 1, "a record was written twice"
     assert summary_numbers(rows) == summary_numbers(reference[1])
