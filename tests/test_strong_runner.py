@@ -58,7 +58,8 @@ def test_records_carry_the_schedule_projection_and_labels(data, tmp_path):
 
 def test_a_cost_that_differs_from_the_schedule_is_an_error(data, tmp_path, monkeypatch):
     from caffe_attacks.runner import strong
-    monkeypatch.setattr(strong, "expected_passes", lambda n, progressive=True: (1, 1))
+    monkeypatch.setattr(strong, "expected_passes",
+                        lambda n, progressive=True, clean_labels=True: (1, 1))
     with pytest.raises(RuntimeError, match="schedule"):
         _run(data, tmp_path / "r.h5", ["apgd_mce"])
 
