@@ -163,15 +163,12 @@ def image_passes(run, missing, options_of):
     for t in run.targets:
         out[(t, "clean")] = (1, 0)
     unknown = []
-    grid_forward = False
     for a in run.pipeline_attacks():
         eps = sorted({e for t, aa, e in missing if aa == a})
         if not eps:
             continue
-        if uses_ground_truth(options_of(a) or {}) and run.source not in run.targets \
-                and not grid_forward:
-            # the pipeline's forward that finds the source's score grid
-            grid_forward = True
+        if uses_ground_truth(options_of(a) or {}) and run.source not in run.targets:
+            # the pipeline's one forward (per batch) that finds the source's score grid
             out[(run.source, "label grid")] = (1, 0)
         p = attack_passes(a, eps, options_of(a))
         if p is None:
