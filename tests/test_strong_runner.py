@@ -164,6 +164,13 @@ def test_prediction_records_keep_their_options():
     assert opts == {"clip_to_image": True, "labels": "prediction", "steps": 100, "restarts": 1,
                     "alpha": None, "seed": 0}
     assert record_options(RunOptions(), "apgd_js")["labels"] == "prediction"
+    # SEA's members and SEA itself follow the option
+    from caffe_attacks.runner.strong import sea_record_options
+    gt = RunOptions(strong_labels="ground_truth")
+    assert sea_record_options(gt)["labels"] == "ground_truth"
+    assert all(record_options(gt, m)["labels"] == "ground_truth"
+               for m in ("apgd_mce", "apgd_mce_bal", "apgd_js"))
+    assert record_options(gt, "ifgsm") == record_options(RunOptions(), "ifgsm")
 
 
 def test_a_bad_label_source_is_refused():
