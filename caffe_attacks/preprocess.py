@@ -101,6 +101,18 @@ def resize_chw(array, out_hw, align="half_pixel"):
     return out.astype(np.float32)
 
 
+def _score_positions(align, n, big):
+    """The output-region pixel (nearest) that each of n score cells sits on under `align`."""
+    i = np.arange(n, dtype=np.float64)
+    if align == "corners":
+        pos = i * (big - 1) / (n - 1) if n > 1 else np.zeros(1)
+    elif align == "stride":
+        pos = i * big / n
+    else:
+        pos = (i + 0.5) * big / n - 0.5
+    return np.clip(np.floor(pos + 0.5), 0, big - 1).astype(np.int64)
+
+
 def _resize_hwc(image, hw):
     if tuple(image.shape[:2]) == tuple(hw):
         return image
@@ -347,6 +359,46 @@ class Protocol:
         if ctx.resized_hw != ctx.image_hw:
             scores = resize_chw(scores, ctx.image_hw, "half_pixel")
         return np.array(scores, dtype=np.float32)
+
+    def label_to_score_grid(self, label, ctx, score_hw=None, void=255):
+        """Image label grid -> labels on the net's score grid (nearest), void outside the image.
+
+        The forward twin of :meth:`scores_to_label_grid`: the label is resized
+        (nearest) as the image is, placed on the output region, and each score
+        cell takes the label of the output pixel it sits on under the
+        protocol's ``score_align`` (the alignment ``scores_to_label_grid``
+        resizes with). The strong attacks use it for ground-truth labels.
+
+        Parameters
+        ----------
+        label : (H_image, W_image) integers in 0..255
+        ctx : Placement from prepare
+        score_hw : (h, w) of the score grid, default ctx.output_hw
+        void : label of cells outside the image (the losses' ignore label)
+
+        Returns
+        -------
+        (h, w) uint8
+        """
+        label = np.asarray(label)
+        if tuple(label.shape) != tuple(ctx.image_hw):
+            raise ValueError(f"label {label.shape} does not match the image {ctx.image_hw}")
+        label = label.astype(np.uint8)
+        if ctx.resized_hw != ctx.image_hw:
+            label = cv2.resize(label, (ctx.resized_hw[1], ctx.resized_hw[0]),
+                               interpolation=cv2.INTER_NEAREST)
+        out_hw = tuple(ctx.output_hw)
+        score_hw = out_hw if score_hw is None else tuple(int(v) for v in score_hw)
+        grid = np.full(out_hw, void, dtype=np.uint8)
+        grid[:label.shape[0], :label.shape[1]] = label
+        if score_hw == out_hw:
+            return grid
+        if self.scores_to_labels == "crop":
+            raise ValueError(f"score grid {score_hw} differs from the output region {out_hw}; "
+                             f"the protocol says 'crop'")
+        rows, cols = (_score_positions(self.score_align, n, big)
+                      for n, big in zip(score_hw, out_hw))
+        return grid[np.ix_(rows, cols)]
 
     def input_to_image(self, x, ctx):
         """Network input -> (H_image, W_image, 3) float32 BGR image (mean added, canvas removed)."""

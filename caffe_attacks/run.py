@@ -14,6 +14,7 @@ from caffe_attacks import runner
 from caffe_attacks.attacks import PAPER_EPS
 from caffe_attacks.cli import add_executor_arguments, executor_from_args, run_cli
 from caffe_attacks.runner.registry import names as attack_names
+from caffe_attacks.runner.strong import LABEL_SOURCES
 from caffe_attacks.runner.whitebox import run_white_box
 
 DEFAULTS = runner.RunOptions()
@@ -95,6 +96,11 @@ def build_parser():
     s.add_argument("--strong-no-clip", action="store_true",
                    help="project the strong attacks onto the eps-ball only (the paper's rule) "
                         "instead of the eps-ball and the valid image box")
+    s.add_argument("--strong-labels", default=DEFAULTS.strong_labels,
+                   choices=LABEL_SOURCES,
+                   help="labels of the strong attacks' losses: the clean prediction (default, "
+                        "the paper's convention) or the ground truth on the net's score grid "
+                        "(void ignored; no clean-label forward)")
     s.add_argument("--apgd-track", default=DEFAULTS.apgd_track, choices=("ce", "same"),
                    help="loss APGD's step-size checks track (default plain cross-entropy)")
     s.add_argument("--class-weights", default=None,
@@ -132,6 +138,7 @@ def options_from_args(args):
         batch_images=args.batch_images, clip_to_image=args.clip_to_image,
         iterations=args.iterations, restarts=args.restarts, seed=args.seed,
         pgd_alpha=args.pgd_alpha, strong_clip=not args.strong_no_clip,
+        strong_labels=args.strong_labels,
         apgd_track=args.apgd_track, class_weights=args.class_weights,
         sea_selection=args.sea_selection, out=args.out,
         summary=args.summary, save_examples=args.save_examples, quiet=args.quiet)

@@ -101,8 +101,15 @@ def test_single_attack_closed_forms():
     (["apgd_mce_bal"], [1], {"iterations": 12}),
     (["sea"], [2, 8], {"iterations": 4}),
     (["ifgsm", "pgd", "sea"], [0.5, 4], {"iterations": 3, "batch_images": 2}),
+    # ground-truth labels: no clean-label forward
+    (["pgd", "cospgd"], [2, 8], {"iterations": 3, "strong_labels": "ground_truth"}),
+    (["segpgd"], [4], {"iterations": 2, "restarts": 3, "strong_labels": "ground_truth"}),
+    (["sea"], [2], {"iterations": 4, "strong_labels": "ground_truth"}),
+    (["ifgsm", "pgd", "apgd_js"], [0.5, 4], {"iterations": 3, "batch_images": 2,
+                                            "strong_labels": "ground_truth"}),
 ], ids=["fgsm", "fgsm_ll", "ifgsm", "ifgsm_ll", "ifgsm_ll-clean", "batch-eps", "all-batched",
-        "pgd", "segpgd-cospgd", "pgd-restarts", "apgd", "apgd-bal-12", "sea", "mixed-batched"])
+        "pgd", "segpgd-cospgd", "pgd-restarts", "apgd", "apgd-bal-12", "sea", "mixed-batched",
+        "gt-pgd-cospgd", "gt-segpgd-restarts", "gt-sea", "gt-mixed-batched"])
 def test_plan_counts_what_the_pipeline_runs(data, tmp_path, attacks, eps, fields):
     c = planned(data, tmp_path / "s.h5", attacks, eps, **fields)
     assert c.held == 0 and c.images == 6
@@ -125,6 +132,25 @@ def test_strong_attacks_count_their_registry_cost_per_eps():
     assert cost.attack_passes("apgd_js", [2]) == (f, b)
     # SEA: its three members, nothing of its own; eps 0 is no attack
     assert cost.attack_passes("sea", [0, 2, 8]) == (6 * f, 6 * b)
+    # ground truth: the same schedule without the clean-label forward
+    gt = record_options(RunOptions(iterations=7, restarts=2, strong_labels="ground_truth"), "pgd")
+    assert registry_cost("pgd", gt) == {"forward": 16, "backward": 14}
+    gt = record_options(RunOptions(strong_labels="ground_truth"), "apgd_js")
+    assert registry_cost("apgd_js", gt) == {"forward": f - 1, "backward": b}
+    assert cost.attack_passes("sea", [2], gt) == (3 * (f - 1), 3 * b)
+
+
+def test_a_ground_truth_transfer_plans_the_source_forward_for_its_score_grid():
+    opts = record_options(RunOptions(iterations=3, strong_labels="ground_truth"), "pgd")
+    run = cost.Run("src", ["tgt"], ["pgd"], [2, 8], "synthetic", "val", transfer=True)
+    missing = {("tgt", "clean", 0.0), ("tgt", "pgd", 2.0), ("tgt", "pgd", 8.0)}
+    passes, _ = cost.image_passes(run, missing, lambda a: opts)
+    assert passes[("src", "label grid")] == (1, 0)
+    assert passes[("src", "pgd")] == (2 * 3, 2 * 3)
+    # white-box: the clean forward of the source gives the grid
+    run = cost.Run("tgt", ["tgt"], ["pgd"], [2, 8], "synthetic", "val")
+    passes, _ = cost.image_passes(run, missing, lambda a: opts)
+    assert ("tgt", "label grid") not in passes
 
 
 def test_sea_plan_needs_no_passes_once_its_members_are_stored(data, tmp_path):
@@ -164,3 +190,25 @@ def test_every_table_has_a_plan():
         f, b = map(sum, zip(*(c.totals() for c in costs)))
         assert f > 0 and f >= b, table
         assert cost.format_plan(table, costs).startswith(table)
+
+
+@pytest.mark.parametrize("labels", ["prediction", "ground_truth"])
+def test_a_transfer_plan_counts_what_the_pipeline_runs(data, tmp_path, labels):
+    """Source and target are distinct nets: with ground truth the source runs once for its grid."""
+    from caffe_attacks.runner import transfer_source_fields
+    opts = RunOptions(model="tiny_synthetic", dataset="synthetic", data_dir=str(data), quiet=True,
+                      attacks=("pgd", "apgd_mce"), eps=(2.0, 8.0), iterations=3, batch_images=2,
+                      strong_labels=labels)
+    dataset = open_data(opts)
+    source, target = resolve_model(opts), resolve_model(opts)
+    source.model, target.model = Counting(source.model), Counting(target.model)
+    targets = [Target(target, make_configs(record_base(target, opts), opts,
+                                           source=transfer_source_fields(source, opts)))]
+    ids = image_ids(dataset, None)
+    with ResultsStore(str(tmp_path / "t.h5")) as store:
+        sweep(dataset, ids, source, targets, store, opts, progress=False)
+    ran = (source.model.forwards + target.model.forwards,
+           source.model.backwards + target.model.backwards)
+    run = cost.Run("src", ["tgt"], ["pgd", "apgd_mce"], [2, 8], "synthetic", "val", True)
+    c = cost.run_cost(run, None, ids, options_of=lambda a: record_options(opts, a))
+    assert c.totals() == ran

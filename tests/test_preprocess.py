@@ -62,41 +62,6 @@ def _onehot(label, num_classes):
     return (np.arange(num_classes)[:, None, None] == label[None]).astype(np.float32)
 
 
-def label_to_score_grid(protocol, label, ctx, score_hw=None, void=255):
-    """Image label grid -> score grid (nearest), the forward twin of
-    scores_to_label_grid (a test reference: the toolkit always evaluates on
-    the image's own label grid).
-
-    label : (H_image, W_image) uint8; score_hw : (h, w), default ctx.output_hw.
-    Returns (h, w) uint8, ``void`` for cells outside the image.
-    """
-    label = np.asarray(label, dtype=np.uint8)
-    if ctx.resized_hw != ctx.image_hw:
-        label = cv2.resize(label, (ctx.resized_hw[1], ctx.resized_hw[0]),
-                           interpolation=cv2.INTER_NEAREST)
-    out_hw = ctx.output_hw
-    score_hw = tuple(out_hw if score_hw is None else score_hw)
-    grid = np.full(out_hw, void, dtype=np.uint8)
-    grid[:label.shape[0], :label.shape[1]] = label
-    if score_hw == tuple(out_hw):
-        return grid
-    # the output pixel each score cell sits on, under the protocol's alignment
-    rows, cols = (_score_positions(protocol.score_align, n, big)
-                  for n, big in zip(score_hw, out_hw))
-    return grid[np.ix_(rows, cols)]
-
-
-def _score_positions(align, n, big):
-    i = np.arange(n, dtype=np.float64)
-    if align == "corners":
-        pos = i * (big - 1) / (n - 1) if n > 1 else np.zeros(1)
-    elif align == "stride":
-        pos = i * big / n
-    else:
-        pos = (i + 0.5) * big / n - 0.5
-    return np.clip(np.floor(pos + 0.5), 0, big - 1).astype(np.int64)
-
-
 def _score_hw(protocol, ctx, score_hw):
     return ctx.output_hw if score_hw is None else score_hw
 
@@ -112,7 +77,7 @@ def test_label_grid_round_trip_is_identity(name, image_hw, score_hw):
     if score_hw is None:
         # scores on the output region: any label survives label -> scores -> label
         label = rng.integers(0, num_classes, size=image_hw).astype(np.uint8)
-        scores = _onehot(label_to_score_grid(protocol, label, ctx), num_classes)
+        scores = _onehot(protocol.label_to_score_grid(label, ctx), num_classes)
         back = protocol.scores_to_label_grid(scores[None], ctx).argmax(0)
         np.testing.assert_array_equal(back, label)
     else:
@@ -121,7 +86,7 @@ def test_label_grid_round_trip_is_identity(name, image_hw, score_hw):
         coarse = rng.integers(0, num_classes, size=grid_hw).astype(np.uint8)
         label = protocol.scores_to_label_grid(_onehot(coarse, num_classes), ctx).argmax(0)
         assert label.shape == image_hw
-        again = label_to_score_grid(protocol, label.astype(np.uint8), ctx, grid_hw)
+        again = protocol.label_to_score_grid(label.astype(np.uint8), ctx, grid_hw)
         inside = again != 255
         assert inside.sum() >= 0.9 * (image_hw[0] * image_hw[1]) / (
             ctx.output_hw[0] * ctx.output_hw[1]) * grid_hw[0] * grid_hw[1]
@@ -130,6 +95,20 @@ def test_label_grid_round_trip_is_identity(name, image_hw, score_hw):
         again = np.where(inside, again, coarse)
         back = protocol.scores_to_label_grid(_onehot(again, num_classes), ctx).argmax(0)
         np.testing.assert_array_equal(back, label)
+
+
+def test_label_to_score_grid_marks_the_canvas_beyond_the_image_void():
+    protocol = Protocol.from_dict(PROTOCOLS["fcn8s_voc"])
+    _, ctx = protocol.prepare(_image((61, 47)))
+    label = np.random.default_rng(2).integers(0, 21, size=(61, 47)).astype(np.uint8)
+    grid = protocol.label_to_score_grid(label, ctx)
+    assert grid.shape == (513, 513) and grid.dtype == np.uint8
+    np.testing.assert_array_equal(grid[:61, :47], label)
+    assert (grid[61:] == 255).all() and (grid[:, 47:] == 255).all()
+    with pytest.raises(ValueError, match="does not match the image"):
+        protocol.label_to_score_grid(label.T, ctx)
+    with pytest.raises(ValueError, match="'crop'"):
+        protocol.label_to_score_grid(label, ctx, (65, 65))
 
 
 @pytest.mark.parametrize("name", ["fcn8s_voc", "deeplab_65", "crfrnn", "pspnet_voc"])

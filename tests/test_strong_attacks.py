@@ -286,3 +286,18 @@ def test_sea_takes_the_member_of_lowest_accuracy_per_image():
     np.testing.assert_allclose(combined.accuracy, accs.min(0))
     measured = (model.forward(combined.x_adv).argmax(1) == label).reshape(3, -1).mean(1)
     np.testing.assert_allclose(combined.accuracy, measured)
+
+
+def test_pixel_accuracy_counts_only_non_void_pixels():
+    from caffe_attacks.strong_attacks.common import per_image_accuracy
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(3, 4, 5, 6))
+    labels = rng.integers(0, 4, size=(3, 5, 6))
+    labels[rng.random(labels.shape) < 0.3] = 255
+    labels[2] = 255                      # an image with no labelled pixel: accuracy 0
+    want = []
+    for n in range(3):
+        cells = [(i, j) for i in range(5) for j in range(6) if labels[n, i, j] != 255]
+        hits = sum(scores[n, :, i, j].argmax() == labels[n, i, j] for i, j in cells)
+        want.append(hits / len(cells) if cells else 0.0)
+    np.testing.assert_allclose(per_image_accuracy(scores, labels), want)

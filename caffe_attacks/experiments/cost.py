@@ -12,7 +12,9 @@ with the attacks of :mod:`caffe_attacks.attacks`), image by image:
 - the strong attacks (PGD, SegPGD, CosPGD, APGD with its three losses):
   the passes their registry entry's ``cost`` gives for one eps (the record's
   ``"passes"``, which the runner checks against the passes the attack used),
-  once per eps, as each eps is a run of its own;
+  once per eps, as each eps is a run of its own (with ``labels:
+  ground_truth`` without the clean-label forward; if no target is the source
+  itself, the source's score grid then costs one forward of the image);
 - SEA: its three APGD members, each counted as itself; SEA's own records are
   formed by the driver from the members' stored records, with no pass;
 - every (attack, eps) record lacking: one evaluation forward on its target;
@@ -35,7 +37,7 @@ from caffe_attacks.experiments.jobs import plan, queries_of
 from caffe_attacks.experiments.queries import default_options, find_config
 from caffe_attacks.experiments.transfer import experiment_runs
 from caffe_attacks.runner import registry
-from caffe_attacks.runner.strong import expand_attacks
+from caffe_attacks.runner.strong import expand_attacks, uses_ground_truth
 
 
 def single_step_passes(eps, options):
@@ -165,6 +167,9 @@ def image_passes(run, missing, options_of):
         eps = sorted({e for t, aa, e in missing if aa == a})
         if not eps:
             continue
+        if uses_ground_truth(options_of(a) or {}) and run.source not in run.targets:
+            # the pipeline's one forward (per batch) that finds the source's score grid
+            out[(run.source, "label grid")] = (1, 0)
         p = attack_passes(a, eps, options_of(a))
         if p is None:
             unknown.append(a)

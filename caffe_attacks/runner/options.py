@@ -18,7 +18,7 @@ from caffe_attacks.attacks import ATTACKS, PAPER_EPS, validate_alpha, validate_e
 from caffe_attacks.datasets import DATASET_KINDS
 from caffe_attacks.errors import UsageError
 from caffe_attacks.runner import registry
-from caffe_attacks.runner.strong import SEA_SELECTIONS
+from caffe_attacks.runner.strong import LABEL_SOURCES, SEA_SELECTIONS
 from caffe_attacks.strong_attacks.auto_pgd import TRACK as APGD_TRACK
 
 ENGINES = ("caffe", "torch")
@@ -100,6 +100,8 @@ class RunOptions:
     apgd_track: str = "ce"
     class_weights: Optional[str] = None         # MCE-Bal table (default: by dataset)
     sea_selection: str = "miou"
+    # the strong attacks' labels: the clean prediction (the paper's) or the ground truth
+    strong_labels: str = "prediction"
     # output
     out: str = "results/results.h5"
     summary: Optional[str] = None
@@ -142,6 +144,8 @@ class RunOptions:
             raise UsageError("--apgd-track must be one of %s" % ", ".join(APGD_TRACK))
         if self.sea_selection not in SEA_SELECTIONS:
             raise UsageError("--sea-selection must be one of %s" % ", ".join(SEA_SELECTIONS))
+        if self.strong_labels not in LABEL_SOURCES:
+            raise UsageError("--strong-labels must be one of %s" % ", ".join(LABEL_SOURCES))
         for a in self.attacks:
             registry.entry(a)
         set_("attacks", unique_values(self.attacks, "--attack"))

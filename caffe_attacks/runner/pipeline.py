@@ -121,16 +121,22 @@ def transferred_input(x_src, x_adv, ctx_src, src_protocol, x_dst, ctx_dst, dst_p
 
 
 class _View:
-    """One target's clean inputs and clean results for a batch of samples."""
+    """One target's clean inputs and clean results for a batch of samples.
+
+    score_hw: the source's score grid (white-box view only: its clean forward
+    is the source's forward of the batch).
+    """
 
     def __init__(self, target, source, samples, x, ctxs):
         rm = target.model
         self.white_box = rm is source
+        self.score_hw = None
         t0 = time.perf_counter()
         if self.white_box:
             # the source's own batch: one forward for every image
             self.inputs = [(x[i:i + 1], ctxs[i]) for i in range(len(samples))]
             scores = rm.model.forward(x)
+            self.score_hw = tuple(scores.shape[2:])
             self.clean = [evaluate_scores(scores[i:i + 1], ctxs[i], rm.protocol, s.label,
                                           rm.num_classes) for i, s in enumerate(samples)]
         else:
@@ -139,6 +145,17 @@ class _View:
                                           rm.num_classes)
                           for (xt, ct), s in zip(self.inputs, samples)]
         self.seconds_clean = (time.perf_counter() - t0) / len(samples)
+
+
+def ground_truth_grids(samples, ctxs, protocol, score_hw):
+    """(N, h, w) uint8: each sample's label on the source's (h, w) score grid, 255 = void.
+
+    The strong attacks' ground-truth labels (``--strong-labels ground_truth``):
+    the label is placed as the protocol places the image, and cells outside
+    the image are void, so the losses ignore them.
+    """
+    return np.stack([protocol.label_to_score_grid(s.label, c, score_hw)
+                     for s, c in zip(samples, ctxs)])
 
 
 def attack_batch(samples, source, targets, store, options, examples=None):
@@ -205,11 +222,21 @@ def _attack_batch(samples, source, targets, store, options, examples):
     clip = options.clip_to_image
     # each record's options say whether its attack clips (the strong attacks by default)
     box_s = ImageBox.from_mean(source.protocol.mean_bgr)
+    truth = None    # ground-truth label grids, made once for the batch when asked for
     for (attack, _), (record_opts, by_eps) in todo.items():
         eps = sorted(by_eps)
         t0 = time.perf_counter()
-        advs = registry.entry(attack).fn(source.model, x, eps,
-                                         **registry.attack_kwargs(record_opts, box_s))
+        kwargs = registry.attack_kwargs(record_opts, box_s)
+        if strong.uses_ground_truth(record_opts):
+            if truth is None:
+                score_hw = next((v.score_hw for v in views if v.white_box), None)
+                if score_hw is None:
+                    # no white-box target has run the source on the batch: one
+                    # forward gives its score grid (experiments.cost counts it)
+                    score_hw = tuple(source.model.forward(x).shape[2:])
+                truth = ground_truth_grids(samples, ctxs, source.protocol, score_hw)
+            kwargs["label_grids"] = truth
+        advs = registry.entry(attack).fn(source.model, x, eps, **kwargs)
         per_record = (time.perf_counter() - t0) / (len(eps) * n_img)
         for e, x_adv in zip(eps, advs):
             for t, config in by_eps[e]:

@@ -3,10 +3,12 @@
 Adapters give :mod:`caffe_attacks.strong_attacks` the registry's signature
 ``fn(model, x, eps_list, **kwargs) -> [x_adv]`` and check that the passes an
 attack used equal the schedule the record states (``passes``), so a stored
-cost is a measured one. The runner attacks with the clean prediction as
-labels (the paper's convention; ground truth is an option of the functions
-only) and, unless ``strong_clip`` is off, projects onto the eps-ball
-intersected with the valid image box.
+cost is a measured one. The labels are the clean prediction (the paper's
+convention) or, with ``strong_labels="ground_truth"``, each image's label on
+the source net's score grid (:meth:`Protocol.label_to_score_grid`, void
+outside the image), which the pipeline passes as ``label_grids``; then the
+attack needs no clean-label forward. Unless ``strong_clip`` is off the
+attacks project onto the eps-ball intersected with the valid image box.
 
 SEA is not run as one attack: ``--attack sea`` runs its three APGD members
 as ordinary configurations (so stored member records are reused, and a
@@ -25,11 +27,13 @@ from caffe_attacks.store import Record, config_key
 from caffe_attacks.strong_attacks import (apgd, cospgd, greedy_miou_selection, pgd, segpgd,
                                           worst_by_accuracy)
 from caffe_attacks.strong_attacks.auto_pgd import expected_passes
+from caffe_attacks.strong_attacks.common import LABELS_GROUND_TRUTH, LABELS_PREDICTION
 from caffe_attacks.strong_attacks.ensemble import MEMBER_LOSSES, MEMBERS
 
 PGD_ATTACKS = ("pgd", "segpgd", "cospgd")
 APGD_ATTACKS = ("apgd_mce", "apgd_mce_bal", "apgd_js")
 STRONG = PGD_ATTACKS + APGD_ATTACKS + ("sea",)
+LABEL_SOURCES = (LABELS_PREDICTION, LABELS_GROUND_TRUTH)
 DEFAULT_PGD_STEPS = 100
 DEFAULT_APGD_ITERATIONS = 300
 SEA_SELECTIONS = ("miou", "accuracy")
@@ -72,7 +76,7 @@ def class_weights_path(name):
 
 def pgd_record_options(attack):
     def record(options):
-        return {"clip_to_image": bool(options.strong_clip), "labels": "prediction",
+        return {"clip_to_image": bool(options.strong_clip), "labels": options.strong_labels,
                 "steps": iterations_of(options, attack), "restarts": options.restarts,
                 "alpha": options.pgd_alpha, "seed": options.seed}
     return record
@@ -80,7 +84,7 @@ def pgd_record_options(attack):
 
 def apgd_record_options(attack):
     def record(options):
-        opts = {"clip_to_image": bool(options.strong_clip), "labels": "prediction",
+        opts = {"clip_to_image": bool(options.strong_clip), "labels": options.strong_labels,
                 "iterations": iterations_of(options, attack), "track": options.apgd_track}
         table = options.class_weights or default_class_weights(options)
         if attack == "apgd_mce_bal" and table:
@@ -89,15 +93,35 @@ def apgd_record_options(attack):
     return record
 
 
+def uses_ground_truth(record_opts):
+    """True when a record's attack takes the ground truth as labels (no clean-label forward)."""
+    return record_opts.get("labels") == LABELS_GROUND_TRUTH
+
+
 def pgd_cost(opts):
     restarts, steps = opts["restarts"], opts["steps"]
-    return {"forward": 1 + restarts * steps + (restarts if restarts > 1 else 0),
+    clean_labels = 0 if uses_ground_truth(opts) else 1
+    return {"forward": clean_labels + restarts * steps + (restarts if restarts > 1 else 0),
             "backward": restarts * steps}
 
 
 def apgd_cost(opts):
-    forward, backward = expected_passes(opts["iterations"])
+    forward, backward = expected_passes(opts["iterations"],
+                                        clean_labels=not uses_ground_truth(opts))
     return {"forward": forward, "backward": backward}
+
+
+def attack_labels(labels, label_grids):
+    """The ``labels=`` of a strong attack function: None (the clean prediction) or the grids.
+
+    labels: the record's "labels"; label_grids: (N, h, w) ground truth on the
+    source's score grid, which the pipeline gives exactly when labels says so.
+    """
+    if labels == LABELS_PREDICTION:
+        return None
+    if label_grids is None:
+        raise RuntimeError("ground-truth labels were asked for but the pipeline gave none")
+    return label_grids
 
 
 def _checked(result, cost):
@@ -109,31 +133,36 @@ def _checked(result, cost):
 
 
 def pgd_adapter(attack):
-    def run(model, x, eps_list, *, clip_to_image, labels, steps, restarts, alpha, seed):
-        cost = pgd_cost({"steps": steps, "restarts": restarts})
+    def run(model, x, eps_list, *, clip_to_image, labels, steps, restarts, alpha, seed,
+            label_grids=None):
+        cost = pgd_cost({"steps": steps, "restarts": restarts, "labels": labels})
+        grids = attack_labels(labels, label_grids)
         out = []
         for e in eps_list:
             # one Generator per eps from the recorded seed: a record does not
             # depend on which other eps ran in the same call
             r = _PGD_FUNCTIONS[attack](model, x, e, steps=steps, alpha=alpha, restarts=restarts,
-                                       seed=seed, clip_to_image=clip_to_image)
+                                       seed=seed, labels=grids, clip_to_image=clip_to_image)
             out.append(_checked(r, cost) if e else r.x_adv)
         return out
     return run
 
 
 def apgd_adapter(attack):
-    def run(model, x, eps_list, *, clip_to_image, labels, iterations, track, class_weights=None):
+    def run(model, x, eps_list, *, clip_to_image, labels, iterations, track, class_weights=None,
+            label_grids=None):
         weights = load_class_weights(class_weights_path(class_weights)) if class_weights else None
         classes = getattr(model, "num_classes", None)
         if weights is not None and classes is not None and weights.size != classes:
             raise UsageError("class-weight table %s has %d classes, the model %d"
                              % (class_weights, weights.size, classes))
-        cost = apgd_cost({"iterations": iterations})
+        cost = apgd_cost({"iterations": iterations, "labels": labels})
+        grids = attack_labels(labels, label_grids)
         out = []
         for e in eps_list:
             r = apgd(model, x, e, loss=MEMBER_LOSSES[attack], iterations=iterations,
-                     class_weights=weights, track=track, clip_to_image=clip_to_image)
+                     class_weights=weights, labels=grids, track=track,
+                     clip_to_image=clip_to_image)
             out.append(_checked(r, cost) if e else r.x_adv)
         return out
     return run
