@@ -35,7 +35,7 @@ SUMMARY_FIELDS = ("attack", "eps", "miou", "miou_clean", "iou_ratio", "confidenc
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """A synthetic VOC-layout set with 20 validation images of 48x32 (and 3 of 64x40)."""
+    """A synthetic VOC-layout set of 48x32 images: 80 scenes, 20 of them validation."""
     d = tmp_path_factory.mktemp("executors") / "data"
     synthetic.main(["--format", "voc", "--out", str(d), "--n", "80", "--seed", "11",
                     "--width", "48", "--height", "32"])
@@ -126,20 +126,14 @@ def ray_executor(workers):
     return RayExecutor(workers)
 
 
-def test_local_workers_give_the_single_process_records(data, reference, tmp_path, writes):
-    out = tmp_path / "w.h5"
-    result = run_white_box(options(data, out), str(out), executor=LocalExecutor(2),
-                           unit_images=3)
-    assert stored(out) == stored(reference[0])
-    assert summary_numbers(result.rows) == summary_numbers(reference[1])
-    assert set(writes) == set(stored(out)) and max(writes.values()) == 1
-
-
-def test_ray_actors_give_the_single_process_records(data, reference, tmp_path, ray_local,
-                                                     writes):
-    out = tmp_path / "ray.h5"
-    result = run_white_box(options(data, out), str(out), executor=ray_executor(2),
-                           unit_images=3)
+@pytest.mark.parametrize("kind", ["local", "ray"])
+def test_executors_give_the_single_process_records(kind, data, reference, tmp_path, writes,
+                                                    request):
+    # the Ray instance only for the Ray case (starting one costs seconds)
+    executor = LocalExecutor(2) if kind == "local" else \
+        (request.getfixturevalue("ray_local"), ray_executor(2))[1]
+    out = tmp_path / ("%s.h5" % kind)
+    result = run_white_box(options(data, out), str(out), executor=executor, unit_images=3)
     assert stored(out) == stored(reference[0])
     assert summary_numbers(result.rows) == summary_numbers(reference[1])
     assert set(writes) == set(stored(out)) and max(writes.values()) == 1
