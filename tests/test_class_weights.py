@@ -54,3 +54,13 @@ def test_committed_synthetic_tables_are_reproduced(name, fmt, n, tmp_path):
     CW.main(["--dataset", "synthetic", "--data-dir", str(tmp_path / fmt), "--split", "train",
              "--out", str(tmp_path / "w.json")])
     assert json.loads((tmp_path / "w.json").read_text()) == committed
+
+
+def test_bad_data_dir_is_one_line_and_exit_2_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "weights.json"
+    status = CW.main(["--dataset", "voc", "--data-dir", str(tmp_path / "absent"),
+                      "--split", "train", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert len(err) == 1 and err[0].startswith("error: ") and "absent" in err[0]
+    assert not out.exists()

@@ -12,6 +12,8 @@ never occurs as a label, so its weight is never used).
 import argparse
 import json
 import logging
+import os
+import sys
 
 import numpy as np
 
@@ -72,14 +74,33 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="JSON file to write")
     args = parser.parse_args(argv)
     opts = {"size": None} if args.dataset == "cityscapes" else {}
-    dataset = open_dataset(args.dataset, args.data_dir, args.split, **opts)
-    table = class_weight_table(dataset, args.dataset, args.split)
-    with open(args.out, "w") as f:
-        json.dump(table, f, indent=1)
-        f.write("\n")
+    try:
+        dataset = open_dataset(args.dataset, args.data_dir, args.split, **opts)
+        table = class_weight_table(dataset, args.dataset, args.split)
+        write_table(table, args.out)
+    except (ValueError, OSError) as err:     # DatasetError is a ValueError
+        print("error: %s" % err, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; nothing was written: run the same command again", file=sys.stderr)
+        return 130
     print("wrote %s: %d classes from %d %s images"
           % (args.out, table["num_classes"], table["images"], args.split))
+    return 0
+
+
+def write_table(table, path):
+    """Write the JSON table whole or not at all (a temporary file, then a rename)."""
+    tmp = "%s.tmp-%d" % (path, os.getpid())
+    try:
+        with open(tmp, "w") as f:
+            json.dump(table, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
